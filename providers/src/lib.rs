@@ -1,0 +1,21 @@
+//! Registry credential providers for regbridge.
+//!
+//! Every provider turns one `credentials:` entry of a `ClusterPullSecret` (or of a
+//! `regbridge mint --config` file) into short-lived registry credentials. The
+//! controller and `mint` only ever see the [`Provider`] trait and the [`build`]
+//! factory, so adding a provider touches its own module plus one match arm.
+//!
+//! The spec types live here and are always compiled, so the CRD schema is the
+//! same whatever cargo features a build enables; only the implementations that
+//! pull in cloud SDKs sit behind features.
+
+mod credential;
+pub mod dockerconfig;
+mod factory;
+mod source;
+pub mod spec;
+mod static_creds;
+
+pub use credential::{Redacted, RegistryCredential};
+pub use factory::{Provider, ProviderError, build};
+pub use source::{Cluster, NoCluster, SecretData, SourceError};

@@ -1,0 +1,151 @@
+//! The `credentials:` entries, shared by the `ClusterPullSecret` CRD and by
+//! `regbridge mint --config`. Doc comments become the CRD's OpenAPI
+//! descriptions, so they are written for `kubectl explain`.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A reference to a Secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Namespace of the Secret. The controller reads source Secrets only from
+    /// its own namespace (`--namespace`, default `regbridge`).
+    pub namespace: String,
+    /// Name of the Secret.
+    pub name: String,
+}
+
+/// A reference to a ServiceAccount.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// One source of registry credentials. Exactly one provider key is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CredentialSpec {
+    /// Credentials kept in a Secret (or, for `regbridge mint`, a file).
+    Static(StaticSpec),
+    /// AWS ECR, through the controller's AWS identity (IRSA, EKS Pod Identity,
+    /// env, profile or IMDS), optionally an assumed role.
+    Ecr(EcrSpec),
+    /// AWS ECR Public (`public.ecr.aws`), through the us-east-1 API.
+    EcrPublic(EcrPublicSpec),
+    /// Google Artifact Registry and GCR, through Workload Identity / ADC or a
+    /// service-account key.
+    Gar(GarSpec),
+    /// A Harbor robot account that regbridge creates and rotates itself.
+    Harbor(HarborSpec),
+}
+
+impl CredentialSpec {
+    /// The provider's name as it appears in status and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Static(_) => "static",
+            Self::Ecr(_) => "ecr",
+            Self::EcrPublic(_) => "ecrPublic",
+            Self::Gar(_) => "gar",
+            Self::Harbor(_) => "harbor",
+        }
+    }
+}
+
+/// Static credentials: either a `kubernetes.io/dockerconfigjson` Secret (all
+/// its hosts are taken) or a Secret with `username` and `password` keys plus
+/// an optional `server` (default `https://index.docker.io/v1/`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticSpec {
+    /// The Secret holding the credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// A docker `config.json` file. Only `regbridge mint` reads files; the
+    /// controller rejects this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// Per-tenant cloud identity: the controller requests a short-lived token for
+/// this ServiceAccount (TokenRequest API, audience `sts.amazonaws.com`) and
+/// exchanges it for `roleArn` with `AssumeRoleWithWebIdentity`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySpec {
+    pub service_account_ref: ServiceAccountRef,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EcrSpec {
+    /// AWS region of the registries, e.g. `eu-west-1`. One entry per region.
+    pub region: String,
+    /// Registry (account) IDs whose endpoints to write. Default: the caller's
+    /// account. The token itself is valid for every registry the principal
+    /// can read in the region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_ids: Vec<String>,
+    /// A role assumed on top of the base identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// External ID for `roleArn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// Use this ServiceAccount's identity instead of the controller's
+    /// (requires `roleArn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentitySpec>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EcrPublicSpec {
+    /// A role assumed on top of the base identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GarSpec {
+    /// Hosts the token is written for, e.g. `europe-west1-docker.pkg.dev`,
+    /// `gcr.io`. The token is not bound to a host, so they must be listed.
+    pub registries: Vec<String>,
+    /// A Secret with a service-account key (`key.json`). Default: Workload
+    /// Identity / Application Default Credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret_ref: Option<SecretRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HarborSpec {
+    /// Base URL of Harbor, e.g. `https://harbor.example.com`.
+    pub url: String,
+    /// A Secret with `username` and `password` of an account allowed to
+    /// manage robots. Never distributed.
+    pub admin_secret_ref: SecretRef,
+    /// Project for a project-level robot. Without it, a system-level robot
+    /// with pull on all projects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Robot name. Default: derived from the resource name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robot_name: Option<String>,
+    /// How often the robot's secret is rotated, e.g. `24h`.
+    #[serde(default = "default_rotate_every")]
+    pub rotate_every: String,
+    /// A Secret with `ca.crt` to trust for Harbor's TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretRef>,
+}
+
+fn default_rotate_every() -> String {
+    "24h".into()
+}
