@@ -1,1 +1,3 @@
-fn main(){}
+fn main() {
+    print!("{}", regbridge::crd::crd_yaml());
+}

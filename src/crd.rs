@@ -1,0 +1,136 @@
+//! The `ClusterPullSecret` resource. Doc comments here become the CRD's
+//! OpenAPI descriptions (`kubectl explain clusterpullsecret.spec`).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use regbridge_providers::spec::CredentialSpec;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Composes registry credentials into one pull secret and distributes it to
+/// the selected namespaces and ServiceAccounts.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "regbridge.dev",
+    version = "v1alpha1",
+    kind = "ClusterPullSecret",
+    shortname = "cps",
+    status = "ClusterPullSecretStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Registries","type":"string","jsonPath":".status.registries[*].host"}"#,
+    printcolumn = r#"{"name":"Synced","type":"string","jsonPath":".status.namespaces.summary"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.earliestExpiry"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPullSecretSpec {
+    /// Name of the Secret written into each selected namespace. Default: the
+    /// resource's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub secret_name: Option<String>,
+    /// Credential sources, composed into one dockerconfigjson. When two
+    /// entries yield the same registry host, the first wins.
+    #[schemars(length(min = 1))]
+    pub credentials: Vec<CredentialSpec>,
+    /// Which namespaces receive the Secret. Default: all of them.
+    #[serde(default)]
+    pub namespaces: NamespaceSelector,
+    /// ServiceAccount names or globs whose `imagePullSecrets` get the Secret.
+    /// `["*"]` is every ServiceAccount; `[]` patches none.
+    #[serde(default = "default_service_accounts")]
+    pub service_accounts: Vec<String>,
+    /// Refresh a credential this long before it expires (e.g. `30m`).
+    /// Default: at half its remaining lifetime, with ±10 % jitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub refresh_before: Option<String>,
+}
+
+fn default_service_accounts() -> Vec<String> {
+    vec!["default".into()]
+}
+
+/// A namespace is selected when it is active, matches `selector` and
+/// `include`, matches no `exclude` glob, and is not annotated
+/// `regbridge.dev/exclude: "true"`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceSelector {
+    /// Label selector on the namespace. Empty selects all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// Name globs (`*`, `?`, `[a-z]`). Empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Name globs that are never selected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+/// Observed state. Never holds credential material.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPullSecretStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `CredentialsReady` and `Distributed`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// One entry per registry host in the composed Secret.
+    #[serde(default)]
+    pub registries: Vec<RegistryStatus>,
+    /// The soonest expiry among the registries, if any expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earliest_expiry: Option<String>,
+    #[serde(default)]
+    pub namespaces: NamespaceCounts,
+    /// Up to 20 namespaces where a Secret of `secretName` exists that this
+    /// resource does not manage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
+    /// Non-fatal problems, such as a host yielded by two entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryStatus {
+    pub host: String,
+    /// The provider that minted it (`static`, `ecr`, ...).
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_time: Option<String>,
+    /// The last refresh failure, without any credential material.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceCounts {
+    pub selected: u32,
+    pub synced: u32,
+    pub conflicting: u32,
+    /// `synced/selected`, for `kubectl get`.
+    #[serde(default)]
+    pub summary: String,
+}
+
+impl ClusterPullSecret {
+    /// The Secret name in each namespace.
+    pub fn secret_name(&self) -> String {
+        use kube::ResourceExt;
+        self.spec.secret_name.clone().unwrap_or_else(|| self.name_any())
+    }
+}
+
+/// The CRD as YAML, exactly as `regbridge crd` prints it and
+/// `deploy/crds/clusterpullsecret.yaml` holds it.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&ClusterPullSecret::crd()).expect("the CRD always serializes")
+}

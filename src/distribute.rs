@@ -1,0 +1,393 @@
+//! The distribution planner: from cached cluster state and one resource's
+//! desired Secret, the exact writes that make the cluster match. Pure, so
+//! every rule of distribution is tested without a server, and a steady state
+//! is provably an empty plan.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use json_patch::Patch;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::ResourceExt;
+
+use crate::labels::{MANAGED_BY, MANAGED_BY_VALUE, RESOURCE, ROLE, ROLE_COPY};
+use crate::selection::Selection;
+use crate::serviceaccount_patch::{add_reference, added_by_us, remove_reference};
+use regbridge_providers::dockerconfig::{DATA_KEY, SECRET_TYPE};
+
+/// What another resource claims, for conflicts and shared references.
+pub struct Claim<'a> {
+    pub resource: &'a str,
+    pub secret_name: &'a str,
+    pub selection: &'a Selection,
+    /// Whether it was created before the resource being planned (by
+    /// creation time, then name): the older claim wins a namespace.
+    pub older: bool,
+}
+
+/// The resource being planned. `payload` is `None` while it is being deleted:
+/// then everything it manages is removed.
+pub struct Desired<'a> {
+    pub resource: &'a str,
+    pub secret_name: &'a str,
+    pub selection: &'a Selection,
+    pub payload: Option<&'a [u8]>,
+}
+
+/// The cached cluster state the planner reads.
+pub struct World<'a> {
+    pub namespaces: &'a [Arc<Namespace>],
+    pub service_accounts: &'a HashMap<String, Vec<Arc<ServiceAccount>>>,
+    /// Secrets carrying regbridge's managed-by label, by (namespace, name).
+    pub managed: &'a HashMap<(String, String), Arc<Secret>>,
+    /// Never distributed to: it holds the source Secrets.
+    pub controller_namespace: &'a str,
+    /// Namespaces where creating `secret_name` found a Secret regbridge does
+    /// not manage (such Secrets are not cached).
+    pub foreign: &'a [String],
+}
+
+#[derive(Debug, PartialEq)]
+pub enum SecretWrite {
+    Create { namespace: String },
+    Update { namespace: String, resource_version: String },
+    Delete { namespace: String, name: String, resource_version: String },
+}
+
+#[derive(Debug, PartialEq)]
+pub struct ServiceAccountWrite {
+    pub namespace: String,
+    pub name: String,
+    pub patch: Patch,
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub secrets: Vec<SecretWrite>,
+    pub service_accounts: Vec<ServiceAccountWrite>,
+    /// Namespaces that receive the Secret (conflicting ones included).
+    pub selected: Vec<String>,
+    /// Selected namespaces where a Secret of that name belongs to someone else.
+    pub conflicts: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty() && self.service_accounts.is_empty()
+    }
+}
+
+/// The Secret regbridge writes into a namespace: the payload under its own
+/// labels, never anything copied from the source's labels or annotations.
+pub fn desired_copy(resource: &str, secret_name: &str, namespace: &str, payload: &[u8]) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(secret_name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(copy_labels(resource)),
+            ..Default::default()
+        },
+        type_: Some(SECRET_TYPE.into()),
+        data: Some([(DATA_KEY.to_string(), ByteString(payload.to_vec()))].into()),
+        ..Default::default()
+    }
+}
+
+pub fn copy_labels(resource: &str) -> BTreeMap<String, String> {
+    [
+        (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+        (RESOURCE.to_string(), resource.to_string()),
+        (ROLE.to_string(), ROLE_COPY.to_string()),
+    ]
+    .into()
+}
+
+fn owner(secret: &Secret) -> Option<&str> {
+    secret.labels().get(RESOURCE).map(String::as_str)
+}
+
+fn up_to_date(secret: &Secret, resource: &str, payload: &[u8]) -> bool {
+    let labels = secret.labels();
+    secret.type_.as_deref() == Some(SECRET_TYPE)
+        && secret.data.as_ref().and_then(|d| d.get(DATA_KEY)).map(|b| b.0.as_slice()) == Some(payload)
+        && copy_labels(resource).iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> Plan {
+    let mut out = Plan::default();
+    let no_accounts = Vec::new();
+    for ns in world.namespaces {
+        let namespace = ns.name_any();
+        if namespace == world.controller_namespace {
+            continue;
+        }
+        let wanted = desired.payload.is_some() && desired.selection.selects_namespace(ns);
+        let rivals: Vec<&Claim<'_>> = claims
+            .iter()
+            .filter(|c| c.secret_name == desired.secret_name && c.selection.selects_namespace(ns))
+            .collect();
+        let lost_to_older = rivals.iter().any(|c| c.older);
+        let existing = world.managed.get(&(namespace.clone(), desired.secret_name.to_string()));
+        let ours = existing.filter(|s| owner(s) == Some(desired.resource));
+        let accounts = world.service_accounts.get(&namespace).unwrap_or(&no_accounts);
+
+        let serving = match (wanted, desired.payload) {
+            (true, Some(payload)) => {
+                out.selected.push(namespace.clone());
+                let foreign = (existing.is_some() && ours.is_none())
+                    || world.foreign.contains(&namespace)
+                    || lost_to_older;
+                if foreign {
+                    out.conflicts.push(namespace.clone());
+                    false
+                } else {
+                    match ours {
+                        None => out.secrets.push(SecretWrite::Create {
+                            namespace: namespace.clone(),
+                        }),
+                        Some(s) if !up_to_date(s, desired.resource, payload) => {
+                            out.secrets.push(SecretWrite::Update {
+                                namespace: namespace.clone(),
+                                resource_version: s.resource_version().unwrap_or_default(),
+                            })
+                        }
+                        Some(_) => {}
+                    }
+                    true
+                }
+            }
+            _ => false,
+        };
+        if !serving && let Some(s) = ours {
+            out.secrets.push(SecretWrite::Delete {
+                namespace: namespace.clone(),
+                name: desired.secret_name.into(),
+                resource_version: s.resource_version().unwrap_or_default(),
+            });
+        }
+        for sa in accounts {
+            let name = sa.name_any();
+            let patch = if serving && desired.selection.selects_service_account(&name) {
+                add_reference(sa, desired.secret_name)
+            } else if added_by_us(sa).contains(&desired.secret_name)
+                && !rivals.iter().any(|c| c.selection.selects_service_account(&name))
+            {
+                remove_reference(sa, desired.secret_name)
+            } else {
+                None
+            };
+            if let Some(patch) = patch {
+                out.service_accounts.push(ServiceAccountWrite {
+                    namespace: namespace.clone(),
+                    name,
+                    patch,
+                });
+            }
+        }
+    }
+    // Copies under another name (after a `secretName` change) are orphans.
+    for ((namespace, name), s) in world.managed {
+        if name != desired.secret_name
+            && owner(s) == Some(desired.resource)
+            && s.labels().get(ROLE).map(String::as_str) == Some(ROLE_COPY)
+        {
+            out.secrets.push(SecretWrite::Delete {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                resource_version: s.resource_version().unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ClusterPullSecretSpec;
+    use crate::fixtures::{ns, sa, secret};
+    use crate::labels::ADDED_ANNOTATION;
+
+    const PAYLOAD: &[u8] = br#"{"auths":{}}"#;
+
+    fn selection(sas: &[&str]) -> Selection {
+        let spec: ClusterPullSecretSpec = serde_json::from_value(serde_json::json!({
+            "credentials": [], "serviceAccounts": sas, "namespaces": {"exclude": ["kube-*"]}
+        }))
+        .unwrap();
+        Selection::compile(&spec).unwrap()
+    }
+
+    struct Cluster {
+        namespaces: Vec<Arc<Namespace>>,
+        accounts: HashMap<String, Vec<Arc<ServiceAccount>>>,
+        managed: HashMap<(String, String), Arc<Secret>>,
+        foreign: Vec<String>,
+    }
+
+    impl Cluster {
+        fn new(names: &[&str]) -> Self {
+            Self {
+                namespaces: names.iter().map(|n| Arc::new(ns(n).build())).collect(),
+                accounts: names
+                    .iter()
+                    .map(|n| (n.to_string(), vec![Arc::new(sa(n, "default").build())]))
+                    .collect(),
+                managed: HashMap::new(),
+                foreign: vec![],
+            }
+        }
+        fn with_secret(mut self, s: Secret) -> Self {
+            self.managed
+                .insert((s.namespace().unwrap(), s.name_any()), Arc::new(s));
+            self
+        }
+        fn with_sa(mut self, s: ServiceAccount) -> Self {
+            let list = self.accounts.entry(s.namespace().unwrap()).or_default();
+            list.retain(|x| x.name_any() != s.name_any());
+            list.push(Arc::new(s));
+            self
+        }
+        fn world(&self) -> World<'_> {
+            World {
+                namespaces: &self.namespaces,
+                service_accounts: &self.accounts,
+                managed: &self.managed,
+                controller_namespace: "regbridge",
+                foreign: &self.foreign,
+            }
+        }
+    }
+
+    fn ours(namespace: &str, payload: &[u8]) -> Secret {
+        secret(
+            namespace,
+            "regcred",
+            &[(MANAGED_BY, MANAGED_BY_VALUE), (RESOURCE, "company"), (ROLE, ROLE_COPY)],
+            payload,
+        )
+    }
+
+    fn desired<'a>(sel: &'a Selection, payload: Option<&'a [u8]>) -> Desired<'a> {
+        Desired {
+            resource: "company",
+            secret_name: "regcred",
+            selection: sel,
+            payload,
+        }
+    }
+
+    #[test]
+    fn new_namespaces_get_a_secret_and_a_default_sa_reference() {
+        let c = Cluster::new(&["a", "b", "kube-system", "regbridge"]);
+        let sel = selection(&["default"]);
+        let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
+        assert_eq!(p.selected, ["a", "b"]);
+        assert_eq!(
+            p.secrets,
+            [
+                SecretWrite::Create { namespace: "a".into() },
+                SecretWrite::Create { namespace: "b".into() }
+            ]
+        );
+        assert_eq!(p.service_accounts.len(), 2);
+    }
+
+    #[test]
+    fn steady_state_plans_no_writes() {
+        let c = Cluster::new(&["a"])
+            .with_secret(ours("a", PAYLOAD))
+            .with_sa(sa("a", "default").pull_secrets(&["regcred"]).annotation(ADDED_ANNOTATION, "regcred").build());
+        let sel = selection(&["default"]);
+        let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(p.selected, ["a"]);
+    }
+
+    #[test]
+    fn changed_payload_updates_with_the_cached_resource_version() {
+        let c = Cluster::new(&["a"]).with_secret(ours("a", b"{}"));
+        let sel = selection(&[]);
+        let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
+        assert_eq!(
+            p.secrets,
+            [SecretWrite::Update { namespace: "a".into(), resource_version: "7".into() }]
+        );
+    }
+
+    #[test]
+    fn secret_of_another_resource_is_a_conflict_and_sas_are_not_pointed_at_it() {
+        let theirs = secret("a", "regcred", &[(MANAGED_BY, MANAGED_BY_VALUE), (RESOURCE, "other")], PAYLOAD);
+        let c = Cluster::new(&["a"]).with_secret(theirs);
+        let sel = selection(&["default"]);
+        let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(p.conflicts, ["a"]);
+    }
+
+    #[test]
+    fn foreign_unmanaged_secret_is_a_conflict() {
+        let mut c = Cluster::new(&["a"]);
+        c.foreign = vec!["a".into()];
+        let sel = selection(&["default"]);
+        let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
+        assert!(p.is_empty());
+        assert_eq!(p.conflicts, ["a"]);
+    }
+
+    #[test]
+    fn older_claim_wins_and_the_younger_hands_over() {
+        let c = Cluster::new(&["a"])
+            .with_secret(ours("a", PAYLOAD))
+            .with_sa(sa("a", "default").pull_secrets(&["regcred"]).annotation(ADDED_ANNOTATION, "regcred").build());
+        let sel = selection(&["default"]);
+        let rival = Claim { resource: "older", secret_name: "regcred", selection: &sel, older: true };
+        let p = plan(&desired(&sel, Some(PAYLOAD)), &[rival], &c.world());
+        assert_eq!(p.conflicts, ["a"]);
+        assert!(matches!(p.secrets[..], [SecretWrite::Delete { .. }]));
+        assert!(p.service_accounts.is_empty(), "the older resource still wants the reference");
+    }
+
+    #[test]
+    fn deselected_namespace_loses_secret_and_sa_reference() {
+        let c = Cluster::new(&["kube-x"])
+            .with_secret(ours("kube-x", PAYLOAD))
+            .with_sa(sa("kube-x", "default").pull_secrets(&["mine", "regcred"]).annotation(ADDED_ANNOTATION, "regcred").build());
+        let sel = selection(&["default"]);
+        let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
+        assert!(matches!(&p.secrets[..], [SecretWrite::Delete { namespace, .. }] if namespace == "kube-x"));
+        assert_eq!(p.service_accounts.len(), 1);
+    }
+
+    #[test]
+    fn deletion_removes_only_what_was_added() {
+        let c = Cluster::new(&["a", "b"])
+            .with_secret(ours("a", PAYLOAD))
+            .with_sa(sa("a", "default").pull_secrets(&["regcred"]).annotation(ADDED_ANNOTATION, "regcred").build())
+            .with_sa(sa("b", "default").pull_secrets(&["regcred"]).build());
+        let sel = selection(&["default"]);
+        let p = plan(&desired(&sel, None), &[], &c.world());
+        assert_eq!(p.secrets.len(), 1);
+        assert_eq!(p.service_accounts.len(), 1);
+        assert_eq!(p.service_accounts[0].namespace, "a");
+    }
+
+    #[test]
+    fn renamed_secret_leaves_no_orphan_copy() {
+        let mut old = ours("a", PAYLOAD);
+        old.metadata.name = Some("old-name".into());
+        let c = Cluster::new(&["a"]).with_secret(old).with_secret(ours("a", PAYLOAD));
+        let sel = selection(&[]);
+        let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
+        assert!(matches!(&p.secrets[..], [SecretWrite::Delete { name, .. }] if name == "old-name"));
+    }
+
+    #[test]
+    fn copies_carry_only_regbridge_labels() {
+        let s = desired_copy("company", "regcred", "a", PAYLOAD);
+        assert_eq!(s.labels(), &copy_labels("company"));
+        assert!(s.metadata.annotations.is_none());
+        assert_eq!(s.type_.as_deref(), Some(SECRET_TYPE));
+    }
+}

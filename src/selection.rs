@@ -1,0 +1,188 @@
+//! Which namespaces and ServiceAccounts a `ClusterPullSecret` selects.
+//! Compiled once per reconcile; a spec that does not compile is reported on
+//! status and changes nothing already distributed.
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+
+use crate::crd::ClusterPullSecretSpec;
+use crate::labels::EXCLUDE_ANNOTATION;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SelectionError {
+    #[error("{field}: invalid glob {glob:?}: {reason}")]
+    BadGlob {
+        field: &'static str,
+        glob: String,
+        reason: String,
+    },
+    #[error("namespaces.selector: {0}")]
+    BadSelector(String),
+}
+
+#[derive(Debug)]
+pub struct Selection {
+    labels: Option<Selector>,
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+    service_accounts: GlobSet,
+}
+
+impl Selection {
+    pub fn compile(spec: &ClusterPullSecretSpec) -> Result<Self, SelectionError> {
+        let ns = &spec.namespaces;
+        let labels = ns
+            .selector
+            .clone()
+            .map(Selector::try_from)
+            .transpose()
+            .map_err(|e| SelectionError::BadSelector(e.to_string()))?;
+        let include = if ns.include.is_empty() {
+            None
+        } else {
+            Some(globs("namespaces.include", &ns.include)?)
+        };
+        Ok(Self {
+            labels,
+            include,
+            exclude: globs("namespaces.exclude", &ns.exclude)?,
+            service_accounts: globs("serviceAccounts", &spec.service_accounts)?,
+        })
+    }
+
+    /// Whether the namespace gets the Secret. Terminating namespaces reject
+    /// new objects, so they are never selected.
+    pub fn selects_namespace(&self, ns: &Namespace) -> bool {
+        let name = ns.name_any();
+        !is_terminating(ns)
+            && ns.annotations().get(EXCLUDE_ANNOTATION).map(String::as_str) != Some("true")
+            && self.labels.as_ref().is_none_or(|s| s.matches(ns.labels()))
+            && self.include.as_ref().is_none_or(|g| g.is_match(&name))
+            && !self.exclude.is_match(&name)
+    }
+
+    pub fn selects_service_account(&self, name: &str) -> bool {
+        self.service_accounts.is_match(name)
+    }
+}
+
+pub fn is_terminating(ns: &Namespace) -> bool {
+    ns.metadata.deletion_timestamp.is_some()
+        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
+}
+
+fn globs(field: &'static str, patterns: &[String]) -> Result<GlobSet, SelectionError> {
+    let mut set = GlobSetBuilder::new();
+    for p in patterns {
+        let glob = Glob::new(p).map_err(|e| SelectionError::BadGlob {
+            field,
+            glob: p.clone(),
+            reason: e.kind().to_string(),
+        })?;
+        set.add(glob);
+    }
+    set.build().map_err(|e| SelectionError::BadGlob {
+        field,
+        glob: patterns.join(","),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::NamespaceSelector;
+    use crate::fixtures::ns;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+    fn spec(include: &[&str], exclude: &[&str], sas: &[&str]) -> ClusterPullSecretSpec {
+        ClusterPullSecretSpec {
+            secret_name: None,
+            credentials: vec![],
+            namespaces: NamespaceSelector {
+                selector: None,
+                include: include.iter().map(|s| s.to_string()).collect(),
+                exclude: exclude.iter().map(|s| s.to_string()).collect(),
+            },
+            service_accounts: sas.iter().map(|s| s.to_string()).collect(),
+            refresh_before: None,
+        }
+    }
+
+    #[test]
+    fn empty_include_selects_every_active_namespace() {
+        let s = Selection::compile(&spec(&[], &[], &["default"])).unwrap();
+        assert!(s.selects_namespace(&ns("anything").build()));
+    }
+
+    #[test]
+    fn include_and_exclude_globs_filter_by_name() {
+        let s = Selection::compile(&spec(&["team-*"], &["team-b*"], &[])).unwrap();
+        assert!(s.selects_namespace(&ns("team-a").build()));
+        assert!(!s.selects_namespace(&ns("team-b2").build()));
+        assert!(!s.selects_namespace(&ns("other").build()));
+    }
+
+    #[test]
+    fn exclude_annotation_opts_a_namespace_out() {
+        let s = Selection::compile(&spec(&[], &[], &[])).unwrap();
+        assert!(!s.selects_namespace(&ns("a").annotation(EXCLUDE_ANNOTATION, "true").build()));
+        assert!(s.selects_namespace(&ns("a").annotation(EXCLUDE_ANNOTATION, "false").build()));
+    }
+
+    #[test]
+    fn terminating_namespace_is_never_selected() {
+        let s = Selection::compile(&spec(&[], &[], &[])).unwrap();
+        assert!(!s.selects_namespace(&ns("gone").terminating().build()));
+    }
+
+    #[test]
+    fn label_selector_with_expressions_is_honoured() {
+        let mut sp = spec(&[], &[], &[]);
+        sp.namespaces.selector = Some(LabelSelector {
+            match_labels: Some([("env".to_string(), "prod".to_string())].into()),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["legacy".into()]),
+            }]),
+        });
+        let s = Selection::compile(&sp).unwrap();
+        assert!(s.selects_namespace(&ns("a").label("env", "prod").build()));
+        assert!(!s.selects_namespace(&ns("b").label("env", "dev").build()));
+        assert!(!s.selects_namespace(&ns("c").label("env", "prod").label("team", "legacy").build()));
+    }
+
+    #[test]
+    fn bad_selector_operator_is_an_error_not_a_panic() {
+        let mut sp = spec(&[], &[], &[]);
+        sp.namespaces.selector = Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: "Sometimes".into(),
+                values: None,
+            }]),
+        });
+        assert!(matches!(Selection::compile(&sp), Err(SelectionError::BadSelector(_))));
+    }
+
+    #[test]
+    fn bad_glob_names_the_field_and_the_glob() {
+        let err = Selection::compile(&spec(&["team-[a"], &[], &[])).unwrap_err();
+        assert!(matches!(err, SelectionError::BadGlob { field: "namespaces.include", ref glob, .. } if glob == "team-[a"));
+    }
+
+    #[test]
+    fn service_account_globs_star_empty_and_names() {
+        let all = Selection::compile(&spec(&[], &[], &["*"])).unwrap();
+        assert!(all.selects_service_account("builder"));
+        let none = Selection::compile(&spec(&[], &[], &[])).unwrap();
+        assert!(!none.selects_service_account("default"));
+        let some = Selection::compile(&spec(&[], &[], &["default", "ci-*"])).unwrap();
+        assert!(some.selects_service_account("ci-runner"));
+        assert!(!some.selects_service_account("builder"));
+    }
+}

@@ -1,0 +1,217 @@
+//! JSON Patches for `ServiceAccount.imagePullSecrets`.
+//!
+//! The list is atomic (no merge key): a strategic-merge patch or an apply
+//! would replace what other writers put there. So every patch starts with
+//! `test` ops on the exact list and annotation it was computed from; if any
+//! writer got in between, the server answers 422 and the caller re-reads and
+//! recomputes. Entries regbridge did not add are never touched, and the
+//! `regbridge.dev/added-pull-secrets` annotation records which ones it did.
+
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation, TestOperation};
+use json_patch::jsonptr::PointerBuf;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use serde_json::{Value, json};
+
+use crate::labels::ADDED_ANNOTATION;
+
+fn references(sa: &ServiceAccount) -> impl Iterator<Item = &str> {
+    sa.image_pull_secrets.iter().flatten().map(|r| r.name.as_str())
+}
+
+/// The names regbridge recorded as added on this ServiceAccount.
+pub fn added_by_us(sa: &ServiceAccount) -> Vec<&str> {
+    sa.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ADDED_ANNOTATION))
+        .map(|v| v.split(',').filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+pub fn references_secret(sa: &ServiceAccount, secret: &str) -> bool {
+    references(sa).any(|n| n == secret)
+}
+
+fn pointer(path: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(path.iter().copied())
+}
+
+fn list_value(sa: &ServiceAccount) -> Value {
+    sa.image_pull_secrets
+        .as_ref()
+        .map(|l| serde_json::to_value(l).expect("references serialize"))
+        .unwrap_or(Value::Null)
+}
+
+fn test(path: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Test(TestOperation {
+        path: pointer(path),
+        value,
+    })
+}
+
+/// `test` ops pinning what the patch was computed from. A `test` against
+/// `null` succeeds on an absent field (kube-apiserver, corpus
+/// `serviceaccounts-06`), but only when its parent exists, so an absent
+/// annotations map is pinned as a whole.
+fn guards(sa: &ServiceAccount) -> Vec<PatchOperation> {
+    let annotation = match &sa.metadata.annotations {
+        None => test(&["metadata", "annotations"], Value::Null),
+        Some(a) => test(
+            &["metadata", "annotations", ADDED_ANNOTATION],
+            a.get(ADDED_ANNOTATION).map(|v| Value::String(v.clone())).unwrap_or(Value::Null),
+        ),
+    };
+    vec![test(&["imagePullSecrets"], list_value(sa)), annotation]
+}
+
+fn set_annotation(sa: &ServiceAccount, names: &[&str]) -> PatchOperation {
+    let value = Value::String(names.join(","));
+    let annotations = sa.metadata.annotations.as_ref();
+    if annotations.is_none() {
+        return PatchOperation::Add(AddOperation {
+            path: pointer(&["metadata", "annotations"]),
+            value: json!({ ADDED_ANNOTATION: value }),
+        });
+    }
+    let path = pointer(&["metadata", "annotations", ADDED_ANNOTATION]);
+    if names.is_empty() {
+        PatchOperation::Remove(RemoveOperation { path })
+    } else if annotations.is_some_and(|a| a.contains_key(ADDED_ANNOTATION)) {
+        PatchOperation::Replace(ReplaceOperation { path, value })
+    } else {
+        PatchOperation::Add(AddOperation { path, value })
+    }
+}
+
+/// Appends `secret` to the list, keeping every other entry in order. `None`
+/// when it is already there, whoever put it there.
+pub fn add_reference(sa: &ServiceAccount, secret: &str) -> Option<Patch> {
+    if references_secret(sa, secret) {
+        return None;
+    }
+    let mut ops = guards(sa);
+    ops.push(match &sa.image_pull_secrets {
+        // Appending with `/-` to an absent list fails, so create it whole.
+        None => PatchOperation::Add(AddOperation {
+            path: pointer(&["imagePullSecrets"]),
+            value: json!([{ "name": secret }]),
+        }),
+        Some(_) => PatchOperation::Add(AddOperation {
+            path: pointer(&["imagePullSecrets", "-"]),
+            value: json!({ "name": secret }),
+        }),
+    });
+    let mut added = added_by_us(sa);
+    if !added.contains(&secret) {
+        added.push(secret);
+        ops.push(set_annotation(sa, &added));
+    }
+    Some(Patch(ops))
+}
+
+/// Removes the reference regbridge added. `None` when regbridge did not add
+/// it (the annotation does not list it): then it is somebody else's.
+pub fn remove_reference(sa: &ServiceAccount, secret: &str) -> Option<Patch> {
+    let mut added = added_by_us(sa);
+    if !added.contains(&secret) {
+        return None;
+    }
+    let mut ops = guards(sa);
+    // The last occurrence is the one regbridge appended.
+    if let Some(index) = references(sa).collect::<Vec<_>>().iter().rposition(|n| *n == secret) {
+        ops.push(PatchOperation::Remove(RemoveOperation {
+            path: pointer(&["imagePullSecrets", &index.to_string()]),
+        }));
+    }
+    added.retain(|n| *n != secret);
+    ops.push(set_annotation(sa, &added));
+    Some(Patch(ops))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::sa;
+
+    /// Applies a patch as kube-apiserver does: unlike RFC 6902 strictly read,
+    /// it lets `test` against `null` pass on an absent field.
+    fn apply(sa: &ServiceAccount, patch: &Patch) -> Result<ServiceAccount, json_patch::PatchError> {
+        let mut doc = serde_json::to_value(sa).unwrap();
+        let ops: Vec<PatchOperation> = patch
+            .0
+            .iter()
+            .filter(|op| match op {
+                PatchOperation::Test(t) => !(t.value.is_null() && t.path.resolve(&doc).is_err()),
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        json_patch::patch(&mut doc, &ops)?;
+        Ok(serde_json::from_value(doc).unwrap())
+    }
+
+    fn names(sa: &ServiceAccount) -> Vec<&str> {
+        references(sa).collect()
+    }
+
+    #[test]
+    fn adding_to_an_absent_list_creates_the_list() {
+        let s = sa("a", "default").build();
+        let out = apply(&s, &add_reference(&s, "regcred").unwrap()).unwrap();
+        assert_eq!(names(&out), ["regcred"]);
+        assert_eq!(added_by_us(&out), ["regcred"]);
+    }
+
+    #[test]
+    fn adding_appends_and_keeps_foreign_entries_in_order() {
+        let s = sa("a", "default").pull_secrets(&["z-first", "a-second"]).build();
+        let out = apply(&s, &add_reference(&s, "regcred").unwrap()).unwrap();
+        assert_eq!(names(&out), ["z-first", "a-second", "regcred"]);
+    }
+
+    #[test]
+    fn an_existing_entry_is_never_duplicated() {
+        let s = sa("a", "default").pull_secrets(&["regcred"]).build();
+        assert!(add_reference(&s, "regcred").is_none());
+    }
+
+    #[test]
+    fn patch_fails_when_another_writer_changed_the_list() {
+        let seen = sa("a", "default").pull_secrets(&["x"]).build();
+        let patch = add_reference(&seen, "regcred").unwrap();
+        let now = sa("a", "default").pull_secrets(&["x", "theirs"]).build();
+        assert!(apply(&now, &patch).is_err(), "the test op must guard the list");
+    }
+
+    #[test]
+    fn removal_takes_only_what_we_added() {
+        let s = sa("a", "default")
+            .pull_secrets(&["x", "regcred", "y"])
+            .annotation(ADDED_ANNOTATION, "other,regcred")
+            .build();
+        let out = apply(&s, &remove_reference(&s, "regcred").unwrap()).unwrap();
+        assert_eq!(names(&out), ["x", "y"]);
+        assert_eq!(added_by_us(&out), ["other"]);
+    }
+
+    #[test]
+    fn removal_of_a_reference_somebody_else_added_is_refused() {
+        let s = sa("a", "default").pull_secrets(&["regcred"]).build();
+        assert!(remove_reference(&s, "regcred").is_none());
+    }
+
+    #[test]
+    fn removing_the_last_recorded_name_drops_the_annotation() {
+        let s = sa("a", "default")
+            .pull_secrets(&["regcred"])
+            .annotation(ADDED_ANNOTATION, "regcred")
+            .annotation("keep", "me")
+            .build();
+        let out = apply(&s, &remove_reference(&s, "regcred").unwrap()).unwrap();
+        assert!(names(&out).is_empty());
+        let ann = out.metadata.annotations.unwrap();
+        assert!(!ann.contains_key(ADDED_ANNOTATION));
+        assert_eq!(ann["keep"], "me");
+    }
+}
