@@ -128,7 +128,10 @@ mod tests {
 
     #[test]
     fn render_writes_username_password_and_auth_for_every_host() {
-        let out = render(&[cred("b.example", "bob", "pw:b"), cred("a.example", "al", "pa")]);
+        let out = render(&[
+            cred("b.example", "bob", "pw:b"),
+            cred("a.example", "al", "pa"),
+        ]);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["auths"]["a.example"]["username"], "al");
         assert_eq!(v["auths"]["a.example"]["password"], "pa");
@@ -159,7 +162,12 @@ mod tests {
     #[test]
     fn entry_without_any_credential_is_incomplete() {
         let err = parse(br#"{"auths":{"r.example":{"username":"only"}}}"#).unwrap_err();
-        assert_eq!(err, DockerConfigError::Incomplete { host: "r.example".into() });
+        assert_eq!(
+            err,
+            DockerConfigError::Incomplete {
+                host: "r.example".into()
+            }
+        );
     }
 
     #[test]

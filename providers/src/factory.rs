@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::spec::CredentialSpec;
@@ -12,6 +14,19 @@ pub trait Provider: Send + Sync {
     /// Every host this entry yields, freshly minted. Called once per refresh
     /// of the entry, never once per namespace.
     async fn mint(&self, cluster: &dyn Cluster) -> Result<Vec<RegistryCredential>, ProviderError>;
+
+    /// Releases what the provider created remotely (a Harbor robot). The
+    /// controller calls it from its finalizer when the entry or the resource
+    /// goes away. Providers that create nothing keep this no-op.
+    async fn cleanup(&self, _cluster: &dyn Cluster) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    /// A short, secret-free note for the resource's status, e.g. the id of the
+    /// Harbor robot in use. `None` when there is nothing to say.
+    fn status_note(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Why a mint failed. Messages name the object and the category of failure;
@@ -21,7 +36,7 @@ pub trait Provider: Send + Sync {
 pub enum ProviderError {
     #[error("invalid credentials entry: {0}")]
     InvalidSpec(String),
-    #[error("the {0} provider is not compiled into this build (cargo feature `{0}`)")]
+    #[error("this provider is not compiled into this build (cargo feature `{0}`)")]
     NotCompiledIn(&'static str),
     #[error("Secret {namespace}/{name} not found")]
     SecretNotFound { namespace: String, name: String },
@@ -40,15 +55,90 @@ pub enum ProviderError {
     #[error(transparent)]
     Cluster(#[from] SourceError),
     #[error("{provider}: {reason}")]
-    Remote { provider: &'static str, reason: String },
+    Remote {
+        provider: &'static str,
+        reason: String,
+    },
     #[error("{provider}: timed out after {seconds} s")]
-    Timeout { provider: &'static str, seconds: u64 },
+    Timeout {
+        provider: &'static str,
+        seconds: u64,
+    },
+}
+
+/// What [`build`] needs beyond the spec entry itself.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    /// Name of the `ClusterPullSecret` (or `mint` config) the entry belongs
+    /// to. Harbor derives its default robot name from it.
+    pub resource_name: String,
+    /// Upper bound on one `mint` or `cleanup` call, remote retries included.
+    pub timeout: Duration,
+}
+
+impl BuildContext {
+    /// The default bound on one provider call.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+    pub fn new(resource_name: impl Into<String>) -> Self {
+        Self {
+            resource_name: resource_name.into(),
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
+    }
 }
 
 /// The one place a spec entry becomes a provider.
-pub fn build(spec: &CredentialSpec) -> Result<Box<dyn Provider>, ProviderError> {
+pub fn build(
+    spec: &CredentialSpec,
+    ctx: &BuildContext,
+) -> Result<Box<dyn Provider>, ProviderError> {
+    #[cfg(not(all(feature = "ecr", feature = "gar", feature = "harbor")))]
+    let _ = ctx;
     match spec {
         CredentialSpec::Static(s) => Ok(Box::new(StaticProvider::new(s.clone())?)),
-        other => Err(ProviderError::NotCompiledIn(other.kind())),
+        #[cfg(feature = "ecr")]
+        CredentialSpec::Ecr(s) => Ok(Box::new(crate::ecr::EcrProvider::new(
+            s.clone(),
+            ctx.timeout,
+        )?)),
+        #[cfg(not(feature = "ecr"))]
+        CredentialSpec::Ecr(_) => Err(ProviderError::NotCompiledIn("ecr")),
+        #[cfg(feature = "ecr")]
+        CredentialSpec::EcrPublic(s) => Ok(Box::new(crate::ecr_public::EcrPublicProvider::new(
+            s.clone(),
+            ctx.timeout,
+        ))),
+        #[cfg(not(feature = "ecr"))]
+        CredentialSpec::EcrPublic(_) => Err(ProviderError::NotCompiledIn("ecr")),
+        #[cfg(feature = "gar")]
+        CredentialSpec::Gar(s) => Ok(Box::new(crate::gar::GarProvider::new(
+            s.clone(),
+            ctx.timeout,
+        )?)),
+        #[cfg(not(feature = "gar"))]
+        CredentialSpec::Gar(_) => Err(ProviderError::NotCompiledIn("gar")),
+        #[cfg(feature = "harbor")]
+        CredentialSpec::Harbor(s) => Ok(Box::new(crate::harbor::HarborProvider::new(
+            s.clone(),
+            ctx,
+        )?)),
+        #[cfg(not(feature = "harbor"))]
+        CredentialSpec::Harbor(_) => Err(ProviderError::NotCompiledIn("harbor")),
     }
+}
+
+/// Runs one remote call under the provider's deadline.
+#[cfg(any(feature = "ecr", feature = "gar", feature = "harbor"))]
+pub(crate) async fn deadline<T>(
+    provider: &'static str,
+    limit: Duration,
+    call: impl Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| ProviderError::Timeout {
+            provider,
+            seconds: limit.as_secs().max(1),
+        })?
 }

@@ -9,13 +9,25 @@
 //! same whatever cargo features a build enables; only the implementations that
 //! pull in cloud SDKs sit behind features.
 
+#[cfg(feature = "ecr")]
+mod aws_errors;
 mod credential;
 pub mod dockerconfig;
+#[cfg(feature = "ecr")]
+mod ecr;
+#[cfg(feature = "ecr")]
+mod ecr_public;
 mod factory;
+#[cfg(feature = "gar")]
+mod gar;
+#[cfg(feature = "harbor")]
+mod harbor;
+#[cfg(any(feature = "gar", feature = "harbor"))]
+mod http_errors;
 mod source;
 pub mod spec;
 mod static_creds;
 
 pub use credential::{Redacted, RegistryCredential};
-pub use factory::{Provider, ProviderError, build};
+pub use factory::{BuildContext, Provider, ProviderError, build};
 pub use source::{Cluster, NoCluster, SecretData, SourceError};

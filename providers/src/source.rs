@@ -24,7 +24,9 @@ impl std::fmt::Debug for SecretData {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("reading Secrets needs a cluster; `regbridge mint` takes `file:` for static credentials instead")]
+    #[error(
+        "reading Secrets needs a cluster; `regbridge mint` takes `file:` for static credentials instead"
+    )]
     NoCluster,
     #[error("reading Secret {namespace}/{name} failed: {reason}")]
     Read {

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use crate::dockerconfig::{self, DATA_KEY, DOCKER_HUB, SECRET_TYPE};
 use crate::spec::StaticSpec;
-use crate::{Provider, ProviderError, RegistryCredential, Cluster};
+use crate::{Cluster, Provider, ProviderError, RegistryCredential};
 
 pub(crate) struct StaticProvider {
     spec: StaticSpec,
@@ -29,10 +29,12 @@ impl StaticProvider {
 impl Provider for StaticProvider {
     async fn mint(&self, cluster: &dyn Cluster) -> Result<Vec<RegistryCredential>, ProviderError> {
         if let Some(path) = &self.spec.file {
-            let bytes = tokio::fs::read(path).await.map_err(|e| ProviderError::File {
-                path: path.display().to_string(),
-                reason: e.kind().to_string(),
-            })?;
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(|e| ProviderError::File {
+                    path: path.display().to_string(),
+                    reason: e.kind().to_string(),
+                })?;
             return dockerconfig::parse(&bytes).map_err(|e| ProviderError::Malformed {
                 what: path.display().to_string(),
                 reason: e.to_string(),
@@ -40,18 +42,22 @@ impl Provider for StaticProvider {
         }
         let reference = self.spec.secret_ref.as_ref().expect("checked in new()");
         let what = format!("Secret {}/{}", reference.namespace, reference.name);
-        let secret = cluster
-            .secret(reference)
-            .await?
-            .ok_or_else(|| ProviderError::SecretNotFound {
-                namespace: reference.namespace.clone(),
-                name: reference.name.clone(),
-            })?;
+        let secret =
+            cluster
+                .secret(reference)
+                .await?
+                .ok_or_else(|| ProviderError::SecretNotFound {
+                    namespace: reference.namespace.clone(),
+                    name: reference.name.clone(),
+                })?;
         if secret.type_.as_deref() == Some(SECRET_TYPE) {
-            let bytes = secret.data.get(DATA_KEY).ok_or_else(|| ProviderError::Malformed {
-                what: what.clone(),
-                reason: format!("has no `{DATA_KEY}` key"),
-            })?;
+            let bytes = secret
+                .data
+                .get(DATA_KEY)
+                .ok_or_else(|| ProviderError::Malformed {
+                    what: what.clone(),
+                    reason: format!("has no `{DATA_KEY}` key"),
+                })?;
             return dockerconfig::parse(bytes).map_err(|e| ProviderError::Malformed {
                 what,
                 reason: e.to_string(),
@@ -124,14 +130,20 @@ mod tests {
     fn secret(type_: &str, pairs: &[(&str, &[u8])]) -> OneSecret {
         OneSecret(Some(SecretData {
             type_: Some(type_.into()),
-            data: pairs.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect::<BTreeMap<_, _>>(),
+            data: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect::<BTreeMap<_, _>>(),
         }))
     }
 
     #[tokio::test]
     async fn username_password_secret_defaults_to_docker_hub() {
         let got = provider()
-            .mint(&secret("Opaque", &[("username", b"me"), ("password", b"pw\n")]))
+            .mint(&secret(
+                "Opaque",
+                &[("username", b"me"), ("password", b"pw\n")],
+            ))
             .await
             .unwrap();
         assert_eq!(got.len(), 1);
@@ -144,7 +156,11 @@ mod tests {
         let got = provider()
             .mint(&secret(
                 "kubernetes.io/basic-auth",
-                &[("username", b"me"), ("password", b"pw"), ("server", b"quay.io")],
+                &[
+                    ("username", b"me"),
+                    ("password", b"pw"),
+                    ("server", b"quay.io"),
+                ],
             ))
             .await
             .unwrap();
@@ -165,7 +181,9 @@ mod tests {
     #[tokio::test]
     async fn missing_secret_is_named_in_the_error() {
         let err = provider().mint(&OneSecret(None)).await.unwrap_err();
-        assert!(matches!(err, ProviderError::SecretNotFound { ref name, .. } if name == "dockerhub"));
+        assert!(
+            matches!(err, ProviderError::SecretNotFound { ref name, .. } if name == "dockerhub")
+        );
     }
 
     #[tokio::test]
@@ -174,7 +192,9 @@ mod tests {
             .mint(&secret("kubernetes.io/tls", &[("tls.crt", b"x")]))
             .await
             .unwrap_err();
-        assert!(matches!(err, ProviderError::WrongSecretType { ref found, .. } if found == "kubernetes.io/tls"));
+        assert!(
+            matches!(err, ProviderError::WrongSecretType { ref found, .. } if found == "kubernetes.io/tls")
+        );
     }
 
     #[tokio::test]
@@ -183,9 +203,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.json");
         std::fs::write(&path, br#"{"auths":{"f.io":{"auth":"dTpwdw=="}}}"#).unwrap();
-        let p = StaticProvider::new(StaticSpec { secret_ref: None, file: Some(path) }).unwrap();
+        let p = StaticProvider::new(StaticSpec {
+            secret_ref: None,
+            file: Some(path),
+        })
+        .unwrap();
         let got = p.mint(&OneSecret(None)).await.unwrap();
-        assert_eq!((got[0].username.as_str(), got[0].password.expose().as_str()), ("u", "pw"));
+        assert_eq!(
+            (got[0].username.as_str(), got[0].password.expose().as_str()),
+            ("u", "pw")
+        );
     }
 
     #[test]
