@@ -93,7 +93,9 @@ fn set_at(obj: &mut Value, path: &[String], value: Value) {
             *cur = Value::Object(Map::new());
         }
         let m = cur.as_object_mut().expect("object");
-        cur = m.entry(k.clone()).or_insert_with(|| Value::Object(Map::new()));
+        cur = m
+            .entry(k.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
         if !cur.is_object() {
             *cur = Value::Object(Map::new());
         }
@@ -104,7 +106,9 @@ fn set_at(obj: &mut Value, path: &[String], value: Value) {
 }
 
 fn remove_at(obj: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = obj;
     for k in parents {
         match cur.get_mut(k) {
@@ -132,7 +136,9 @@ fn to_fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
         let mut cur = &mut root;
         for k in p {
             let m = cur.as_object_mut().expect("object");
-            cur = m.entry(format!("f:{k}")).or_insert_with(|| Value::Object(Map::new()));
+            cur = m
+                .entry(format!("f:{k}"))
+                .or_insert_with(|| Value::Object(Map::new()));
         }
     }
     root
@@ -156,12 +162,20 @@ fn from_fields_v1(v: &Value, prefix: FieldPath, out: &mut BTreeSet<FieldPath>) {
 
 /// Reads `metadata.managedFields`.
 pub fn read(obj: &Value) -> Vec<Entry> {
-    let Some(list) = obj.pointer("/metadata/managedFields").and_then(Value::as_array) else {
+    let Some(list) = obj
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    else {
         return Vec::new();
     };
     list.iter()
         .map(|e| {
-            let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+            let s = |k: &str| {
+                e.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
             let mut paths = BTreeSet::new();
             if let Some(f) = e.get("fieldsV1") {
                 from_fields_v1(f, Vec::new(), &mut paths);
@@ -203,8 +217,18 @@ pub fn write(obj: &mut Value, entries: &[Entry]) {
     }
 }
 
-fn entry_mut<'a>(entries: &'a mut Vec<Entry>, manager: &str, op: &str, api_version: &str, sub: &str, now: &str) -> &'a mut Entry {
-    if let Some(i) = entries.iter().position(|e| e.manager == manager && e.operation == op && e.subresource == sub) {
+fn entry_mut<'a>(
+    entries: &'a mut Vec<Entry>,
+    manager: &str,
+    op: &str,
+    api_version: &str,
+    sub: &str,
+    now: &str,
+) -> &'a mut Entry {
+    if let Some(i) = entries
+        .iter()
+        .position(|e| e.manager == manager && e.operation == op && e.subresource == sub)
+    {
         return &mut entries[i];
     }
     entries.push(Entry {
@@ -220,7 +244,14 @@ fn entry_mut<'a>(entries: &'a mut Vec<Entry>, manager: &str, op: &str, api_versi
 
 /// Records a non-apply write by `manager`: changed leaves move to it, removed leaves
 /// are dropped from everyone.
-pub fn track_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, sub: &str, now: &str) {
+pub fn track_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    api_version: &str,
+    sub: &str,
+    now: &str,
+) {
     let mut entries = old.map(read).unwrap_or_default();
     let new_leaves = leaves(new);
     let changed: Vec<FieldPath> = new_leaves
@@ -259,7 +290,8 @@ pub fn apply(
             if e.manager == manager && e.operation == "Apply" {
                 continue;
             }
-            if e.paths.iter().any(|o| related(o, p)) && value_at(current, p) != value_at(config, p) {
+            if e.paths.iter().any(|o| related(o, p)) && value_at(current, p) != value_at(config, p)
+            {
                 conflicts.push(Conflict {
                     manager: e.manager.clone(),
                     operation: e.operation.clone(),
@@ -274,7 +306,11 @@ pub fn apply(
     }
     for e in entries.iter_mut() {
         if !(e.manager == manager && e.operation == "Apply") {
-            e.paths.retain(|o| !applied.iter().any(|p| related(o, p) && value_at(current, p) != value_at(config, p)));
+            e.paths.retain(|o| {
+                !applied
+                    .iter()
+                    .any(|p| related(o, p) && value_at(current, p) != value_at(config, p))
+            });
         }
     }
     let mut result = current.clone();
@@ -284,9 +320,10 @@ pub fn apply(
         .map(|e| e.paths.clone())
         .unwrap_or_default();
     for p in prev.difference(&applied) {
-        let others = entries
-            .iter()
-            .any(|e| !(e.manager == manager && e.operation == "Apply") && e.paths.iter().any(|o| related(o, p)));
+        let others = entries.iter().any(|e| {
+            !(e.manager == manager && e.operation == "Apply")
+                && e.paths.iter().any(|o| related(o, p))
+        });
         if !others {
             remove_at(&mut result, p);
         }
@@ -316,17 +353,31 @@ pub fn conflict_message(conflicts: &[Conflict]) -> String {
         }
     };
     if conflicts.len() == 1 {
-        format!("Apply failed with 1 conflict: {}: {}", who(&conflicts[0]), render(&conflicts[0].path))
+        format!(
+            "Apply failed with 1 conflict: {}: {}",
+            who(&conflicts[0]),
+            render(&conflicts[0].path)
+        )
     } else {
-        let lines: Vec<String> = conflicts.iter().map(|c| format!("{}: {}", who(c), render(&c.path))).collect();
-        format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+        let lines: Vec<String> = conflicts
+            .iter()
+            .map(|c| format!("{}: {}", who(c), render(&c.path)))
+            .collect();
+        format!(
+            "Apply failed with {} conflicts: {}",
+            conflicts.len(),
+            lines.join("\n")
+        )
     }
 }
 
 /// Managed fields compared without their timestamps (for no-op detection).
 pub fn strip_times(obj: &Value) -> Value {
     let mut o = obj.clone();
-    if let Some(list) = o.pointer_mut("/metadata/managedFields").and_then(Value::as_array_mut) {
+    if let Some(list) = o
+        .pointer_mut("/metadata/managedFields")
+        .and_then(Value::as_array_mut)
+    {
         for e in list {
             if let Some(m) = e.as_object_mut() {
                 m.remove("time");

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::RequestRecord;
 use crate::fields;
 use crate::ops::{self, DeleteOpts, WriteOpts};
 use crate::patch;
@@ -22,7 +23,6 @@ use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, Cause};
 use crate::store::{EventType, Key, State, TypeInfo, key_of, now};
 use crate::validate::{self, event_from_core};
-use crate::RequestRecord;
 
 /// State shared by the server and the handle tests hold.
 pub struct Shared {
@@ -59,7 +59,13 @@ impl Req {
         self.headers.get(k).and_then(|v| v.to_str().ok())
     }
     fn content_type(&self) -> String {
-        self.header(header::CONTENT_TYPE).unwrap_or_default().split(';').next().unwrap_or_default().trim().to_string()
+        self.header(header::CONTENT_TYPE)
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     }
     fn manager(&self) -> String {
         if let Some(m) = self.q("fieldManager") {
@@ -104,11 +110,13 @@ fn parse_query(q: Option<&str>) -> BTreeMap<String, String> {
         .collect()
 }
 
-
 fn respond(code: u16, body: &Value, warnings: &[String]) -> Response {
     let mut r = Response::new(Body::from(serde_json::to_vec(body).unwrap_or_default()));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     for w in warnings {
         let v = format!("299 - {}", serde_json::to_string(w).unwrap_or_default());
         if let Ok(h) = HeaderValue::from_str(&v) {
@@ -123,7 +131,10 @@ fn error_response(e: ApiError) -> Response {
         Some(t) => {
             let mut r = Response::new(Body::from(t));
             *r.status_mut() = StatusCode::from_u16(e.code).unwrap_or(StatusCode::NOT_FOUND);
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             r
         }
         None => respond(e.code, &e.body, &[]),
@@ -137,7 +148,13 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let req = Req { method, path: uri.path().to_string(), query: parse_query(uri.query()), headers, body };
+    let req = Req {
+        method,
+        path: uri.path().to_string(),
+        query: parse_query(uri.query()),
+        headers,
+        body,
+    };
     {
         let mut st = sh.lock();
         st.requests.push(RequestRecord {
@@ -148,16 +165,26 @@ async fn handle(
             body: if req.body.is_empty() {
                 None
             } else {
-                Some(serde_json::from_slice(&req.body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&req.body).into_owned())))
+                Some(serde_json::from_slice(&req.body).unwrap_or_else(|_| {
+                    Value::String(String::from_utf8_lossy(&req.body).into_owned())
+                }))
             },
         });
         if let Some(f) = st.faults.iter_mut().find(|f| {
-            f.times > 0 && f.method.as_ref().is_none_or(|m| *m == req.method) && req.path.contains(&f.path_contains)
+            f.times > 0
+                && f.method.as_ref().is_none_or(|m| *m == req.method)
+                && req.path.contains(&f.path_contains)
         }) {
             f.times -= 1;
             let (code, reason) = (f.status, f.reason.clone());
             st.faults.retain(|f| f.times > 0);
-            let mut body = ApiError::new(code, Some(&reason), &format!("injected fault: {reason}"), Some(json!({}))).body;
+            let mut body = ApiError::new(
+                code,
+                Some(&reason),
+                &format!("injected fault: {reason}"),
+                Some(json!({})),
+            )
+            .body;
             if code == 429 || code == 503 || code == 504 {
                 body["details"]["retryAfterSeconds"] = json!(1);
             }
@@ -171,7 +198,13 @@ async fn handle(
 }
 
 async fn route(sh: &Arc<Shared>, req: Req) -> Result<Response, ApiError> {
-    let segs: Vec<String> = req.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).map(String::from).collect();
+    let segs: Vec<String> = req
+        .path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     match s.as_slice() {
         ["version"] => {
@@ -185,7 +218,10 @@ async fn route(sh: &Arc<Shared>, req: Req) -> Result<Response, ApiError> {
         }
         ["readyz"] | ["livez"] | ["healthz"] => {
             let mut r = Response::new(Body::from("ok"));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             return Ok(r);
         }
         ["api"] => {
@@ -201,7 +237,12 @@ async fn route(sh: &Arc<Shared>, req: Req) -> Result<Response, ApiError> {
         ["api", ..] => return Err(ApiError::resource_not_found()),
         ["apis", g] => {
             let st = sh.lock();
-            let versions: Vec<String> = st.types.iter().filter(|t| t.group == *g).map(|t| t.version.clone()).collect();
+            let versions: Vec<String> = st
+                .types
+                .iter()
+                .filter(|t| t.group == *g)
+                .map(|t| t.version.clone())
+                .collect();
             if versions.is_empty() {
                 return Err(ApiError::page_not_found());
             }
@@ -223,7 +264,10 @@ async fn route(sh: &Arc<Shared>, req: Req) -> Result<Response, ApiError> {
 fn group_json(g: &str, versions: &[String]) -> Value {
     let mut vs: Vec<String> = versions.to_vec();
     vs.dedup();
-    let list: Vec<Value> = vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
+    let list: Vec<Value> = vs
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
     json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": list, "preferredVersion": list[0]})
 }
 
@@ -269,7 +313,11 @@ fn resource_list(st: &State, g: &str, v: &str) -> Value {
             res.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
         }
     }
-    let gv = if g.is_empty() { v.to_string() } else { format!("{g}/{v}") };
+    let gv = if g.is_empty() {
+        v.to_string()
+    } else {
+        format!("{g}/{v}")
+    };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": res})
 }
 
@@ -283,7 +331,9 @@ enum Shape {
 }
 
 fn negotiate(accept: Option<&str>, is_list: bool, is_watch: bool) -> Result<Shape, ApiError> {
-    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Ok(Shape::Full) };
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+        return Ok(Shape::Full);
+    };
     let mut mismatch = None;
     let mut unknown_as = false;
     for entry in accept.split(',') {
@@ -303,7 +353,8 @@ fn negotiate(accept: Option<&str>, is_list: bool, is_watch: bool) -> Result<Shap
                 if is_watch || !is_list {
                     return Ok(Shape::Meta(ver));
                 }
-                mismatch = Some("you requested PartialObjectMetadata, but the requested object is a list");
+                mismatch =
+                    Some("you requested PartialObjectMetadata, but the requested object is a list");
             }
             Some(&"PartialObjectMetadataList") => {
                 if is_watch {
@@ -312,7 +363,9 @@ fn negotiate(accept: Option<&str>, is_list: bool, is_watch: bool) -> Result<Shap
                 if is_list {
                     return Ok(Shape::Meta(ver));
                 }
-                mismatch = Some("you requested PartialObjectMetadataList, but the requested object is not a list");
+                mismatch = Some(
+                    "you requested PartialObjectMetadataList, but the requested object is not a list",
+                );
             }
             Some(_) => unknown_as = true,
         }
@@ -338,7 +391,11 @@ fn to_meta(obj: &Value, ver: &str) -> Value {
 
 /// The stored object as this API (group) shows it.
 fn present(ti: &TypeInfo, obj: &Value) -> Value {
-    if ti.plural == "events" && ti.group == "events.k8s.io" { event_from_core(obj) } else { obj.clone() }
+    if ti.plural == "events" && ti.group == "events.k8s.io" {
+        event_from_core(obj)
+    } else {
+        obj.clone()
+    }
 }
 
 fn shaped(ti: &TypeInfo, obj: &Value, shape: Shape) -> Value {
@@ -356,7 +413,11 @@ fn dry_run(req: &Req, options_kind: &str) -> Result<bool, ApiError> {
             options_kind,
             "meta.k8s.io",
             "",
-            &[Cause::new("FieldValueNotSupported", "dryRun", format!("Unsupported value: [\"{v}\"]: supported values: \"All\""))],
+            &[Cause::new(
+                "FieldValueNotSupported",
+                "dryRun",
+                format!("Unsupported value: [\"{v}\"]: supported values: \"All\""),
+            )],
         )),
     }
 }
@@ -388,20 +449,42 @@ fn parse_json_body(req: &Req, ti: &TypeInfo) -> Result<Value, ApiError> {
     }
 }
 
-async fn resource(sh: &Arc<Shared>, req: &Req, group: &str, version: &str, rest: &[&str]) -> Result<Response, ApiError> {
-    let (ns, rest): (Option<&str>, &[&str]) = if rest.first() == Some(&"namespaces") && rest.len() >= 3 && !(rest.len() == 3 && matches!(rest[2], "status" | "finalize")) {
+async fn resource(
+    sh: &Arc<Shared>,
+    req: &Req,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Result<Response, ApiError> {
+    let (ns, rest): (Option<&str>, &[&str]) = if rest.first() == Some(&"namespaces")
+        && rest.len() >= 3
+        && !(rest.len() == 3 && matches!(rest[2], "status" | "finalize"))
+    {
         (Some(rest[1]), &rest[2..])
     } else {
         (None, rest)
     };
     if rest.is_empty() || rest.len() > 3 {
-        return Err(if group.is_empty() { ApiError::resource_not_found() } else { ApiError::page_not_found() });
+        return Err(if group.is_empty() {
+            ApiError::resource_not_found()
+        } else {
+            ApiError::page_not_found()
+        });
     }
     let plural = rest[0];
     let name = rest.get(1).copied();
     let sub = rest.get(2).copied();
-    let not_found = || if group.is_empty() { ApiError::resource_not_found() } else { ApiError::page_not_found() };
-    let ti = sh.lock().find_type(group, version, plural).ok_or_else(not_found)?;
+    let not_found = || {
+        if group.is_empty() {
+            ApiError::resource_not_found()
+        } else {
+            ApiError::page_not_found()
+        }
+    };
+    let ti = sh
+        .lock()
+        .find_type(group, version, plural)
+        .ok_or_else(not_found)?;
     if ns.is_some() && !ti.namespaced {
         return Err(not_found());
     }
@@ -409,7 +492,8 @@ async fn resource(sh: &Arc<Shared>, req: &Req, group: &str, version: &str, rest:
         return Err(not_found());
     }
     if let Some(s) = sub {
-        let ok = (s == "status" && ti.status_subresource) || (s == "token" && ti.plural == "serviceaccounts");
+        let ok = (s == "status" && ti.status_subresource)
+            || (s == "token" && ti.plural == "serviceaccounts");
         if !ok {
             return Err(ApiError::resource_not_found());
         }
@@ -418,7 +502,11 @@ async fn resource(sh: &Arc<Shared>, req: &Req, group: &str, version: &str, rest:
     match (m, name, sub) {
         (Method::GET, None, _) => {
             let watch = matches!(req.q("watch"), Some("true" | "1"));
-            if watch { watch_handler(sh, req, &ti, ns).await } else { list_handler(sh, req, &ti, ns).await }
+            if watch {
+                watch_handler(sh, req, &ti, ns).await
+            } else {
+                list_handler(sh, req, &ti, ns).await
+            }
         }
         (Method::GET, Some(_), Some("token")) => Err(ApiError::method_not_allowed()),
         (Method::GET, Some(n), _) => get_handler(sh, req, &ti, ns, n),
@@ -436,14 +524,27 @@ fn key(ns: Option<&str>, name: &str) -> Key {
     (ns.unwrap_or_default().to_string(), name.to_string())
 }
 
-fn get_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>, name: &str) -> Result<Response, ApiError> {
+fn get_handler(
+    sh: &Arc<Shared>,
+    req: &Req,
+    ti: &TypeInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Response, ApiError> {
     let shape = negotiate(req.header(header::ACCEPT), false, false)?;
     let st = sh.lock();
-    let obj = st.get(&ti.storage(), &key(ns, name)).ok_or_else(|| ApiError::not_found(&ti.plural, &ti.group, name))?;
+    let obj = st
+        .get(&ti.storage(), &key(ns, name))
+        .ok_or_else(|| ApiError::not_found(&ti.plural, &ti.group, name))?;
     Ok(respond(200, &shaped(ti, obj, shape), &[]))
 }
 
-fn create_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>) -> Result<Response, ApiError> {
+fn create_handler(
+    sh: &Arc<Shared>,
+    req: &Req,
+    ti: &TypeInfo,
+    ns: Option<&str>,
+) -> Result<Response, ApiError> {
     let body = parse_json_body(req, ti)?;
     let dry = dry_run(req, "CreateOptions")?;
     let o = write_opts(req, ti, dry, None);
@@ -464,27 +565,50 @@ fn check_identity(obj: &Value, ns: Option<&str>, name: &str) -> Result<(), ApiEr
         && !n.is_empty()
         && n != name
     {
-        return Err(ApiError::bad_request(&format!("the name of the object ({n}) does not match the name on the URL ({name})")));
+        return Err(ApiError::bad_request(&format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        )));
     }
     if let Some(bns) = obj.pointer("/metadata/namespace").and_then(Value::as_str)
         && !bns.is_empty()
         && Some(bns) != ns
     {
-        return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
     }
     Ok(())
 }
 
-fn put_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>, name: &str, sub: Option<&str>) -> Result<Response, ApiError> {
+fn put_handler(
+    sh: &Arc<Shared>,
+    req: &Req,
+    ti: &TypeInfo,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+) -> Result<Response, ApiError> {
     let body = parse_json_body(req, ti)?;
     let dry = dry_run(req, "UpdateOptions")?;
     let o = write_opts(req, ti, dry, sub);
     check_identity(&body, ns, name)?;
     let (mut obj, warnings) = ops::decode_body(ti, &body, &o)?;
     let mut st = sh.lock();
-    let old = st.get(&ti.storage(), &key(ns, name)).cloned().ok_or_else(|| ApiError::not_found(&ti.plural, &ti.group, name))?;
-    match obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-        Some(rv) if Some(rv) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str) => {
+    let old = st
+        .get(&ti.storage(), &key(ns, name))
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(&ti.plural, &ti.group, name))?;
+    match obj
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        Some(rv)
+            if Some(rv)
+                != old
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str) =>
+        {
             return Err(ApiError::conflict(&ti.plural, &ti.group, name));
         }
         None if ti.kind == "Lease" => {
@@ -492,7 +616,10 @@ fn put_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>, nam
                 &ti.plural,
                 &ti.group,
                 name,
-                &[Cause::invalid("metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")],
+                &[Cause::invalid(
+                    "metadata.resourceVersion",
+                    "Invalid value: 0x0: must be specified for an update",
+                )],
             );
             e.body["message"] = json!(format!(
                 "{} \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
@@ -512,18 +639,34 @@ fn put_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>, nam
     Ok(respond(200, &present(ti, &out), &warnings))
 }
 
-fn patch_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>, name: &str, sub: Option<&str>) -> Result<Response, ApiError> {
+fn patch_handler(
+    sh: &Arc<Shared>,
+    req: &Req,
+    ti: &TypeInfo,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+) -> Result<Response, ApiError> {
     let ct = req.content_type();
     let kind = match ct.as_str() {
-        "application/json-patch+json" | "application/merge-patch+json" | "application/apply-patch+yaml" => ct.clone(),
+        "application/json-patch+json"
+        | "application/merge-patch+json"
+        | "application/apply-patch+yaml" => ct.clone(),
         "application/strategic-merge-patch+json" if !ti.custom => ct.clone(),
-        _ => return Err(ApiError::unsupported_media_type("415: Unsupported Media Type", Some(json!({})))),
+        _ => {
+            return Err(ApiError::unsupported_media_type(
+                "415: Unsupported Media Type",
+                Some(json!({})),
+            ));
+        }
     };
     let shape = negotiate(req.header(header::ACCEPT), false, false)?;
     let body: Value = if kind == "application/apply-patch+yaml" {
-        serde_yaml::from_slice(&req.body).map_err(|e| ApiError::bad_request(&format!("error decoding YAML: {e}")))?
+        serde_yaml::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(&format!("error decoding YAML: {e}")))?
     } else {
-        serde_json::from_slice(&req.body).map_err(|e| ApiError::bad_request(&format!("error decoding patch: {e}")))?
+        serde_json::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(&format!("error decoding patch: {e}")))?
     };
     let dry = dry_run(req, "PatchOptions")?;
     let mut o = write_opts(req, ti, dry, sub);
@@ -533,7 +676,8 @@ fn patch_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>, n
             "PatchOptions",
             "meta.k8s.io",
             "",
-            &[Cause::required("fieldManager").tap_message("Required value: is required for apply patch")],
+            &[Cause::required("fieldManager")
+                .tap_message("Required value: is required for apply patch")],
         ));
     }
     let force = req.q("force") == Some("true");
@@ -554,13 +698,35 @@ fn patch_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>, n
                     return Err(ApiError::not_found(&ti.plural, &ti.group, name));
                 }
                 let base = json!({"kind": ti.kind, "apiVersion": api_version, "metadata": {}});
-                let merged = fields::apply(&base, &config, &o.manager, force, &api_version, subname, &now()).map_err(conflict_error)?;
+                let mut merged = fields::apply(
+                    &base,
+                    &config,
+                    &o.manager,
+                    force,
+                    &api_version,
+                    subname,
+                    &now(),
+                )
+                .map_err(conflict_error)?;
+                merged["metadata"]["name"] = json!(name);
+                if let Some(ns) = ns {
+                    merged["metadata"]["namespace"] = json!(ns);
+                }
                 o.subresource = Some("apply".into());
                 let out = ops::create(&mut st, ti, ns, merged, &o)?;
                 (201, out, warnings)
             }
             Some(old) => {
-                let merged = fields::apply(&old, &config, &o.manager, force, &api_version, subname, &now()).map_err(conflict_error)?;
+                let merged = fields::apply(
+                    &old,
+                    &config,
+                    &o.manager,
+                    force,
+                    &api_version,
+                    subname,
+                    &now(),
+                )
+                .map_err(conflict_error)?;
                 let out = ops::update(&mut st, ti, &old, merged, &o, true)?;
                 (200, out, warnings)
             }
@@ -572,7 +738,9 @@ fn patch_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>, n
             "application/json-patch+json" => patch::json_patch(&view, &body)?,
             "application/merge-patch+json" => {
                 if !body.is_object() {
-                    return Err(ApiError::bad_request("error decoding patch: not a JSON object"));
+                    return Err(ApiError::bad_request(
+                        "error decoding patch: not a JSON object",
+                    ));
                 }
                 patch::merge_patch(&view, &body)
             }
@@ -580,7 +748,10 @@ fn patch_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>, n
         };
         check_identity(&patched, ns, name)?;
         if patched.pointer("/metadata/resourceVersion") != old.pointer("/metadata/resourceVersion")
-            && patched.pointer("/metadata/resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+            && patched
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
         {
             return Err(ApiError::conflict(&ti.plural, &ti.group, name));
         }
@@ -634,23 +805,40 @@ fn delete_options(req: &Req) -> Result<DeleteOpts, ApiError> {
     let body: Value = if req.body.is_empty() {
         json!({})
     } else {
-        serde_json::from_slice(&req.body)
-            .map_err(|e| ApiError::bad_request(&format!("couldn't get version/kind; json parse error: {e}")))?
+        serde_json::from_slice(&req.body).map_err(|e| {
+            ApiError::bad_request(&format!("couldn't get version/kind; json parse error: {e}"))
+        })?
     };
     let dry = dry_run(req, "DeleteOptions")?
-        || body.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.contains(&json!("All")));
+        || body
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.contains(&json!("All")));
     Ok(DeleteOpts {
         dry_run: dry,
-        uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
-        resource_version: body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string),
-        propagation: req
-            .q("propagationPolicy")
-            .map(str::to_string)
-            .or_else(|| body.get("propagationPolicy").and_then(Value::as_str).map(str::to_string)),
+        uid: body
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        resource_version: body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        propagation: req.q("propagationPolicy").map(str::to_string).or_else(|| {
+            body.get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        }),
     })
 }
 
-fn delete_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>, name: &str) -> Result<Response, ApiError> {
+fn delete_handler(
+    sh: &Arc<Shared>,
+    req: &Req,
+    ti: &TypeInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Response, ApiError> {
     let o = delete_options(req)?;
     let mut st = sh.lock();
     let out = ops::delete(&mut st, ti, &key(ns, name), &o)?;
@@ -659,7 +847,12 @@ fn delete_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>, 
     Ok(respond(200, &present(ti, &out), &[]))
 }
 
-async fn delete_collection(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>) -> Result<Response, ApiError> {
+async fn delete_collection(
+    sh: &Arc<Shared>,
+    req: &Req,
+    ti: &TypeInfo,
+    ns: Option<&str>,
+) -> Result<Response, ApiError> {
     let o = delete_options(req)?;
     let (label, field) = selectors(req, ti)?;
     let mut st = sh.lock();
@@ -673,7 +866,9 @@ async fn delete_collection(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Optio
         let k = key_of(&obj);
         ops::delete(&mut st, ti, &k, &o)?;
         let mut item = present(ti, &obj);
-        if !ti.custom && let Some(m) = item.as_object_mut() {
+        if !ti.custom
+            && let Some(m) = item.as_object_mut()
+        {
             m.remove("kind");
             m.remove("apiVersion");
         }
@@ -698,10 +893,21 @@ fn field_supported(ti: &TypeInfo, f: &str) -> bool {
         "Namespace" => f == "status.phase",
         "Event" => {
             let core = event_field(ti, f);
-            matches!(core.as_str(), "reason" | "reportingComponent" | "source" | "type")
-                || core.strip_prefix("involvedObject.").is_some_and(|r| {
-                    ["kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath"].contains(&r)
-                })
+            matches!(
+                core.as_str(),
+                "reason" | "reportingComponent" | "source" | "type"
+            ) || core.strip_prefix("involvedObject.").is_some_and(|r| {
+                [
+                    "kind",
+                    "namespace",
+                    "name",
+                    "uid",
+                    "apiVersion",
+                    "resourceVersion",
+                    "fieldPath",
+                ]
+                .contains(&r)
+            })
         }
         _ => false,
     }
@@ -722,13 +928,22 @@ fn event_field(ti: &TypeInfo, f: &str) -> String {
 }
 
 fn selectors(req: &Req, ti: &TypeInfo) -> Result<(LabelSelector, FieldSelector), ApiError> {
-    let label = LabelSelector::parse(req.q("labelSelector").unwrap_or_default()).map_err(|e| ApiError::bad_request(&e))?;
-    let field = FieldSelector::parse(req.q("fieldSelector").unwrap_or_default(), &|f| field_supported(ti, f))
+    let label = LabelSelector::parse(req.q("labelSelector").unwrap_or_default())
         .map_err(|e| ApiError::bad_request(&e))?;
+    let field = FieldSelector::parse(req.q("fieldSelector").unwrap_or_default(), &|f| {
+        field_supported(ti, f)
+    })
+    .map_err(|e| ApiError::bad_request(&e))?;
     Ok((label, field))
 }
 
-fn selected(ti: &TypeInfo, obj: &Value, ns: Option<&str>, label: &LabelSelector, field: &FieldSelector) -> bool {
+fn selected(
+    ti: &TypeInfo,
+    obj: &Value,
+    ns: Option<&str>,
+    label: &LabelSelector,
+    field: &FieldSelector,
+) -> bool {
     if let Some(ns) = ns
         && obj.pointer("/metadata/namespace").and_then(Value::as_str) != Some(ns)
     {
@@ -738,17 +953,21 @@ fn selected(ti: &TypeInfo, obj: &Value, ns: Option<&str>, label: &LabelSelector,
         && field.matches(obj, &|o, f| {
             let f = event_field(ti, f);
             let ptr = format!("/{}", f.replace('.', "/"));
-            o.pointer(&ptr).and_then(Value::as_str).unwrap_or(if f == "status.phase" { "Active" } else { "" }).to_string()
+            o.pointer(&ptr)
+                .and_then(Value::as_str)
+                .unwrap_or(if f == "status.phase" { "Active" } else { "" })
+                .to_string()
         })
 }
 
 fn parse_int(v: Option<&str>) -> Result<Option<i64>, ApiError> {
     match v {
         None | Some("") => Ok(None),
-        Some(s) => s
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| ApiError::bad_request(&format!("strconv.ParseInt: parsing \"{s}\": invalid syntax"))),
+        Some(s) => s.parse::<i64>().map(Some).map_err(|_| {
+            ApiError::bad_request(&format!(
+                "strconv.ParseInt: parsing \"{s}\": invalid syntax"
+            ))
+        }),
     }
 }
 
@@ -763,7 +982,8 @@ fn parse_rv(v: Option<&str>) -> Result<Option<u64>, ApiError> {
 
 fn encode_continue(rv: u64, start: &str) -> String {
     let tok = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{start}\u{0}")});
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&tok).unwrap_or_default())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&tok).unwrap_or_default())
 }
 
 fn decode_continue(s: &str) -> Result<(u64, String), ApiError> {
@@ -774,15 +994,30 @@ fn decode_continue(s: &str) -> Result<(u64, String), ApiError> {
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     let rv = v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?;
     let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
-    Ok((rv, start.trim_end_matches('\u{0}').trim_start_matches('/').to_string()))
+    Ok((
+        rv,
+        start
+            .trim_end_matches('\u{0}')
+            .trim_start_matches('/')
+            .to_string(),
+    ))
 }
 
 fn list_key(obj: &Value) -> String {
     let (ns, name) = key_of(obj);
-    if ns.is_empty() { name } else { format!("{ns}/{name}") }
+    if ns.is_empty() {
+        name
+    } else {
+        format!("{ns}/{name}")
+    }
 }
 
-async fn list_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>) -> Result<Response, ApiError> {
+async fn list_handler(
+    sh: &Arc<Shared>,
+    req: &Req,
+    ti: &TypeInfo,
+    ns: Option<&str>,
+) -> Result<Response, ApiError> {
     let shape = negotiate(req.header(header::ACCEPT), true, false)?;
     let (label, field) = selectors(req, ti)?;
     let limit = parse_int(req.q("limit"))?.filter(|l| *l > 0);
@@ -794,7 +1029,11 @@ async fn list_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&st
             "ListOptions",
             "meta.k8s.io",
             "",
-            &[Cause::new("FieldValueForbidden", "resourceVersionMatch", "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided")],
+            &[Cause::new(
+                "FieldValueForbidden",
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+            )],
         ));
     }
     let cont = req.q("continue").filter(|s| !s.is_empty());
@@ -804,13 +1043,18 @@ async fn list_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&st
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut tick = sh.tick.subscribe();
         while sh.lock().rv < want {
-            if tokio::time::timeout_at(deadline, tick.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, tick.changed())
+                .await
+                .is_err()
+            {
                 let cur = sh.lock().rv;
                 return Err(ApiError::new(
                     504,
                     Some("Timeout"),
                     &format!("Timeout: Too large resource version: {want}, current: {cur}"),
-                    Some(json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1})),
+                    Some(
+                        json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}),
+                    ),
                 ));
             }
         }
@@ -830,7 +1074,9 @@ async fn list_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&st
         let r = rv.unwrap_or_default();
         let in_cache = r >= st.watch_floor && r >= ti.cache_start;
         if !in_cache && r < st.compacted {
-            return Err(ApiError::expired("The resourceVersion for the provided list is too old."));
+            return Err(ApiError::expired(
+                "The resourceVersion for the provided list is too old.",
+            ));
         }
         (Some(r), None)
     } else {
@@ -860,7 +1106,9 @@ async fn list_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&st
             Shape::Meta(v) => to_meta(o, v),
             _ => {
                 let mut p = present(ti, o);
-                if !ti.custom && let Some(m) = p.as_object_mut() {
+                if !ti.custom
+                    && let Some(m) = p.as_object_mut()
+                {
                     m.remove("kind");
                     m.remove("apiVersion");
                 }
@@ -869,8 +1117,12 @@ async fn list_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&st
         })
         .collect();
     let body = match shape {
-        Shape::Meta(v) => json!({"kind": "PartialObjectMetadataList", "apiVersion": format!("meta.k8s.io/{v}"), "metadata": meta, "items": items}),
-        _ => json!({"kind": format!("{}List", ti.kind), "apiVersion": ti.api_version(), "metadata": meta, "items": items}),
+        Shape::Meta(v) => {
+            json!({"kind": "PartialObjectMetadataList", "apiVersion": format!("meta.k8s.io/{v}"), "metadata": meta, "items": items})
+        }
+        _ => {
+            json!({"kind": format!("{}List", ti.kind), "apiVersion": ti.api_version(), "metadata": meta, "items": items})
+        }
     };
     Ok(respond(200, &body, &[]))
 }
@@ -887,10 +1139,17 @@ struct WatchSpec {
     timeout: Option<Duration>,
 }
 
-async fn watch_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&str>) -> Result<Response, ApiError> {
+async fn watch_handler(
+    sh: &Arc<Shared>,
+    req: &Req,
+    ti: &TypeInfo,
+    ns: Option<&str>,
+) -> Result<Response, ApiError> {
     let (label, field) = selectors(req, ti)?;
     let rv = parse_rv(req.q("resourceVersion"))?;
-    let timeout = parse_int(req.q("timeoutSeconds"))?.filter(|t| *t > 0).map(|t| Duration::from_secs(t as u64));
+    let timeout = parse_int(req.q("timeoutSeconds"))?
+        .filter(|t| *t > 0)
+        .map(|t| Duration::from_secs(t as u64));
     let send_initial = req.q("sendInitialEvents") == Some("true");
     let rv_match = req.q("resourceVersionMatch").filter(|s| !s.is_empty());
     if send_initial && rv_match != Some("NotOlderThan") {
@@ -898,7 +1157,11 @@ async fn watch_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&s
             "ListOptions",
             "meta.k8s.io",
             "",
-            &[Cause::new("FieldValueForbidden", "resourceVersionMatch", "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")],
+            &[Cause::new(
+                "FieldValueForbidden",
+                "resourceVersionMatch",
+                "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            )],
         ));
     }
     let shape = negotiate(req.header(header::ACCEPT), false, true)?;
@@ -919,9 +1182,14 @@ async fn watch_handler(sh: &Arc<Shared>, req: &Req, ti: &TypeInfo, ns: Option<&s
     if shape != Shape::EmptyWatch {
         tokio::spawn(run_watch(sh.clone(), spec, tx));
     }
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
     let mut r = Response::new(Body::from_stream(stream));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(r)
 }
 
@@ -943,7 +1211,10 @@ async fn run_watch(sh: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>) {
     let matches = |o: &Value| selected(ti, o, ns, &spec.label, &spec.field);
     let bookmark = |rv: u64, end: bool| {
         let (kind, av) = match spec.shape {
-            Shape::Meta(v) => ("PartialObjectMetadata".to_string(), format!("meta.k8s.io/{v}")),
+            Shape::Meta(v) => (
+                "PartialObjectMetadata".to_string(),
+                format!("meta.k8s.io/{v}"),
+            ),
             _ => (ti.kind.clone(), ti.api_version()),
         };
         let mut meta = json!({"resourceVersion": rv.to_string()});
@@ -1008,12 +1279,19 @@ async fn run_watch(sh: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>) {
                 let ty = match e.kind {
                     EventType::Added if now_in => "ADDED",
                     EventType::Deleted if was_in || now_in => "DELETED",
-                    EventType::Modified => match (was_in, now_in) {
-                        (true, true) => "MODIFIED",
-                        (true, false) => "DELETED",
-                        (false, true) => "ADDED",
-                        _ => continue,
-                    },
+                    EventType::Modified => {
+                        match (was_in, now_in) {
+                            (true, true) => "MODIFIED",
+                            (true, false) => {
+                                let mut last = e.prev.clone().unwrap_or_default();
+                                crate::store::set_rv(&mut last, e.rv);
+                                out.push(json!({"type": "DELETED", "object": shaped(ti, &last, spec.shape)}));
+                                continue;
+                            }
+                            (false, true) => "ADDED",
+                            _ => continue,
+                        }
+                    }
                     _ => continue,
                 };
                 out.push(json!({"type": ty, "object": shaped(ti, &e.obj, spec.shape)}));
@@ -1046,7 +1324,12 @@ async fn run_watch(sh: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>) {
 }
 
 fn token_handler(sh: &Arc<Shared>, req: &Req, ns: &str, name: &str) -> Result<Response, ApiError> {
-    let ti = TypeInfo::builtin("authentication.k8s.io", "tokenrequests", "TokenRequest", true);
+    let ti = TypeInfo::builtin(
+        "authentication.k8s.io",
+        "tokenrequests",
+        "TokenRequest",
+        true,
+    );
     let body = parse_json_body(req, &ti)?;
     let st = sh.lock();
     if st.namespace_phase(ns).is_none() {
@@ -1062,18 +1345,27 @@ fn token_handler(sh: &Arc<Shared>, req: &Req, ns: &str, name: &str) -> Result<Re
         .filter(|a| a.as_array().is_some_and(|a| !a.is_empty()))
         .cloned()
         .unwrap_or(json!(["https://kubernetes.default.svc"]));
-    let secs = spec.get("expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+    let secs = spec
+        .get("expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3600);
     if secs < 600 {
         return Err(ApiError::invalid(
             "TokenRequest",
             "authentication.k8s.io",
             "",
-            &[Cause::invalid("spec.expirationSeconds", format!("Invalid value: {secs}: may not specify a duration less than 10 minutes"))],
+            &[Cause::invalid(
+                "spec.expirationSeconds",
+                format!("Invalid value: {secs}: may not specify a duration less than 10 minutes"),
+            )],
         ));
     }
     let bound = spec.get("boundObjectRef").cloned().unwrap_or(Value::Null);
     if let Some(kind) = bound.get("kind").and_then(Value::as_str) {
-        let bname = bound.get("name").and_then(Value::as_str).unwrap_or_default();
+        let bname = bound
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let plural = match kind {
             "Secret" => "secrets",
             "Pod" => "pods",
@@ -1097,7 +1389,10 @@ fn token_handler(sh: &Arc<Shared>, req: &Req, ns: &str, name: &str) -> Result<Re
         b64.encode(serde_json::to_vec(&claims).unwrap_or_default()),
         b64.encode(b"standin-signature")
     );
-    let exp = chrono::DateTime::from_timestamp(iat + secs, 0).unwrap_or_default().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let exp = chrono::DateTime::from_timestamp(iat + secs, 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     let out = json!({
         "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
         "metadata": {"name": name, "namespace": ns, "uid": sa["metadata"]["uid"], "creationTimestamp": now()},
@@ -1111,4 +1406,3 @@ fn token_handler(sh: &Arc<Shared>, req: &Req, ns: &str, name: &str) -> Result<Re
 pub fn present_for(ti: &TypeInfo, obj: &Value) -> Value {
     present(ti, obj)
 }
-

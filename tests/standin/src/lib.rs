@@ -66,18 +66,32 @@ impl Resource {
     pub const EVENTS: Resource = Resource::core("events");
     pub const EVENTS_V1: Resource = Resource::borrowed("events.k8s.io", "v1", "events");
     pub const LEASES: Resource = Resource::borrowed("coordination.k8s.io", "v1", "leases");
-    pub const CRDS: Resource = Resource::borrowed("apiextensions.k8s.io", "v1", "customresourcedefinitions");
-    pub const CLUSTER_PULL_SECRETS: Resource = Resource::borrowed("regbridge.dev", "v1alpha1", "clusterpullsecrets");
+    pub const CRDS: Resource =
+        Resource::borrowed("apiextensions.k8s.io", "v1", "customresourcedefinitions");
+    pub const CLUSTER_PULL_SECRETS: Resource =
+        Resource::borrowed("regbridge.dev", "v1alpha1", "clusterpullsecrets");
 
     const fn core(plural: &'static str) -> Self {
         Resource::borrowed("", "v1", plural)
     }
     const fn borrowed(group: &'static str, version: &'static str, plural: &'static str) -> Self {
-        Resource { group: Cow::Borrowed(group), version: Cow::Borrowed(version), plural: Cow::Borrowed(plural) }
+        Resource {
+            group: Cow::Borrowed(group),
+            version: Cow::Borrowed(version),
+            plural: Cow::Borrowed(plural),
+        }
     }
     /// Any resource, e.g. a custom one.
-    pub fn new(group: impl Into<String>, version: impl Into<String>, plural: impl Into<String>) -> Self {
-        Resource { group: Cow::Owned(group.into()), version: Cow::Owned(version.into()), plural: Cow::Owned(plural.into()) }
+    pub fn new(
+        group: impl Into<String>,
+        version: impl Into<String>,
+        plural: impl Into<String>,
+    ) -> Self {
+        Resource {
+            group: Cow::Owned(group.into()),
+            version: Cow::Owned(version.into()),
+            plural: Cow::Owned(plural.into()),
+        }
     }
 }
 
@@ -123,7 +137,13 @@ impl Fault {
             404 => "NotFound",
             _ => "InternalError",
         };
-        Fault { method: None, path_contains: path_contains.into(), status, reason: reason.into(), times: 1 }
+        Fault {
+            method: None,
+            path_contains: path_contains.into(),
+            status,
+            reason: reason.into(),
+            times: 1,
+        }
     }
     pub fn method(mut self, m: Method) -> Self {
         self.method = Some(m);
@@ -149,7 +169,15 @@ pub struct DirectError {
 
 impl std::fmt::Display for DirectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.status.get("message").and_then(Value::as_str).unwrap_or_default())
+        write!(
+            f,
+            "{}: {}",
+            self.code,
+            self.status
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        )
     }
 }
 
@@ -157,7 +185,10 @@ impl std::error::Error for DirectError {}
 
 impl From<status::ApiError> for DirectError {
     fn from(e: status::ApiError) -> Self {
-        DirectError { code: e.code, status: e.body }
+        DirectError {
+            code: e.code,
+            status: e.body,
+        }
     }
 }
 
@@ -179,8 +210,13 @@ impl StandIn {
     /// server starts with.
     pub async fn start() -> StandIn {
         let (tick, _) = tokio::sync::watch::channel(0u64);
-        let shared = Arc::new(Shared { state: Mutex::new(State::new()), tick });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new()),
+            tick,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let app = http::router(shared.clone());
         let task = tokio::spawn(async move {
@@ -205,16 +241,26 @@ impl StandIn {
     pub fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> Option<Value> {
         let ti = self.type_of(r).ok()?;
         let st = self.shared.lock();
-        st.get(&ti.storage(), &(ns.unwrap_or_default().to_string(), name.to_string())).map(|o| http::present_for(&ti, o))
+        st.get(
+            &ti.storage(),
+            &(ns.unwrap_or_default().to_string(), name.to_string()),
+        )
+        .map(|o| http::present_for(&ti, o))
     }
 
     /// All objects of a type (in one namespace, or all), sorted by namespace and name.
     pub fn list(&self, r: &Resource, ns: Option<&str>) -> Vec<Value> {
-        let Ok(ti) = self.type_of(r) else { return Vec::new() };
+        let Ok(ti) = self.type_of(r) else {
+            return Vec::new();
+        };
         let st = self.shared.lock();
         st.snapshot(&ti.storage(), None)
             .iter()
-            .filter(|o| ns.is_none_or(|n| o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n)))
+            .filter(|o| {
+                ns.is_none_or(|n| {
+                    o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n)
+                })
+            })
             .map(|o| http::present_for(&ti, o))
             .collect()
     }
@@ -222,7 +268,11 @@ impl StandIn {
     /// Creates an object as a POST would (validation, defaults, watch event).
     pub fn create(&self, r: &Resource, ns: Option<&str>, obj: Value) -> Result<Value, DirectError> {
         let ti = self.type_of(r)?;
-        let o = ops::WriteOpts { manager: "standin-test".into(), events_api: ti.group == "events.k8s.io", ..Default::default() };
+        let o = ops::WriteOpts {
+            manager: "standin-test".into(),
+            events_api: ti.group == "events.k8s.io",
+            ..Default::default()
+        };
         let (decoded, _) = ops::decode_body(&ti, &obj, &o)?;
         let out = ops::create(&mut self.shared.lock(), &ti, ns, decoded, &o)?;
         self.shared.notify();
@@ -232,12 +282,23 @@ impl StandIn {
     /// Replaces an object as an unconditional PUT would (no-op writes keep the RV).
     pub fn update(&self, r: &Resource, ns: Option<&str>, obj: Value) -> Result<Value, DirectError> {
         let ti = self.type_of(r)?;
-        let o = ops::WriteOpts { manager: "standin-test".into(), events_api: ti.group == "events.k8s.io", ..Default::default() };
+        let o = ops::WriteOpts {
+            manager: "standin-test".into(),
+            events_api: ti.group == "events.k8s.io",
+            ..Default::default()
+        };
         let (decoded, _) = ops::decode_body(&ti, &obj, &o)?;
-        let name = decoded.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let name = decoded
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let mut st = self.shared.lock();
         let old = st
-            .get(&ti.storage(), &(ns.unwrap_or_default().to_string(), name.clone()))
+            .get(
+                &ti.storage(),
+                &(ns.unwrap_or_default().to_string(), name.clone()),
+            )
             .cloned()
             .ok_or_else(|| status::ApiError::not_found(&ti.plural, &ti.group, &name))?;
         let out = ops::update(&mut st, &ti, &old, decoded, &o, false)?;
@@ -247,9 +308,21 @@ impl StandIn {
     }
 
     /// Creates the object, or updates it when it exists.
-    pub fn apply_direct(&self, r: &Resource, ns: Option<&str>, obj: Value) -> Result<Value, DirectError> {
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-        if self.get(r, ns, name).is_some() { self.update(r, ns, obj) } else { self.create(r, ns, obj) }
+    pub fn apply_direct(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        obj: Value,
+    ) -> Result<Value, DirectError> {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if self.get(r, ns, name).is_some() {
+            self.update(r, ns, obj)
+        } else {
+            self.create(r, ns, obj)
+        }
     }
 
     /// Deletes as a DELETE would (finalizers honoured); returns the answer body.
@@ -277,7 +350,10 @@ impl StandIn {
 
     /// The requests that were writes (not GET).
     pub fn writes(&self) -> Vec<RequestRecord> {
-        self.requests().into_iter().filter(RequestRecord::is_write).collect()
+        self.requests()
+            .into_iter()
+            .filter(RequestRecord::is_write)
+            .collect()
     }
 
     pub fn clear_requests(&self) {

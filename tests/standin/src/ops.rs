@@ -21,13 +21,16 @@ pub struct WriteOpts {
 }
 
 fn meta_str<'a>(obj: &'a Value, f: &str) -> &'a str {
-    obj.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or_default()
+    obj.pointer(&format!("/metadata/{f}"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 fn random_suffix(st: &mut State) -> String {
     const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     st.uid_counter += 1;
-    let mut n = st.uid_counter.wrapping_mul(2_654_435_761) ^ chrono::Utc::now().timestamp_subsec_nanos() as u64;
+    let mut n = st.uid_counter.wrapping_mul(2_654_435_761)
+        ^ chrono::Utc::now().timestamp_subsec_nanos() as u64;
     (0..5)
         .map(|_| {
             let c = ALPHA[(n % ALPHA.len() as u64) as usize] as char;
@@ -41,20 +44,32 @@ fn random_suffix(st: &mut State) -> String {
 pub fn check_namespace(st: &State, ti: &TypeInfo, ns: &str, name: &str) -> Result<(), ApiError> {
     match st.namespace_phase(ns) {
         None => Err(ApiError::not_found("namespaces", "", ns)),
-        Some(p) if p == "Terminating" => Err(ApiError::forbidden_terminating(&ti.plural, &ti.group, name, ns)),
+        Some(p) if p == "Terminating" => Err(ApiError::forbidden_terminating(
+            &ti.plural, &ti.group, name, ns,
+        )),
         Some(_) => Ok(()),
     }
 }
 
 /// Decodes a request body for `ti` (converting events.k8s.io Events to core form).
-pub fn decode_body(ti: &TypeInfo, body: &Value, o: &WriteOpts) -> Result<(Value, Vec<String>), ApiError> {
+pub fn decode_body(
+    ti: &TypeInfo,
+    body: &Value,
+    o: &WriteOpts,
+) -> Result<(Value, Vec<String>), ApiError> {
     if ti.plural == "events" {
-        let core = if o.events_api { event_to_core(body) } else { body.clone() };
+        let core = if o.events_api {
+            event_to_core(body)
+        } else {
+            body.clone()
+        };
         let mut m = core;
         if let Some(k) = m.get("kind").and_then(Value::as_str)
             && k != "Event"
         {
-            return Err(ApiError::bad_request(&format!("{k} in version \"v1\" cannot be handled as a Event")));
+            return Err(ApiError::bad_request(&format!(
+                "{k} in version \"v1\" cannot be handled as a Event"
+            )));
         }
         if let Some(mm) = m.as_object_mut() {
             mm.insert("kind".into(), json!("Event"));
@@ -68,11 +83,19 @@ pub fn decode_body(ti: &TypeInfo, body: &Value, o: &WriteOpts) -> Result<(Value,
 }
 
 /// Creates an object from an already decoded body. `ns` is the URL namespace.
-pub fn create(st: &mut State, ti: &TypeInfo, ns: Option<&str>, mut obj: Value, o: &WriteOpts) -> Result<Value, ApiError> {
+pub fn create(
+    st: &mut State,
+    ti: &TypeInfo,
+    ns: Option<&str>,
+    mut obj: Value,
+    o: &WriteOpts,
+) -> Result<Value, ApiError> {
     if let Some(ns) = ns {
         let body_ns = meta_str(&obj, "namespace");
         if !body_ns.is_empty() && body_ns != ns {
-            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
         obj["metadata"]["namespace"] = json!(ns);
     } else if let Some(m) = obj["metadata"].as_object_mut() {
@@ -86,7 +109,12 @@ pub fn create(st: &mut State, ti: &TypeInfo, ns: Option<&str>, mut obj: Value, o
     let name = meta_str(&obj, "name").to_string();
     let causes = validate::validate_name(ti, &obj, generated);
     if !causes.is_empty() {
-        return Err(ApiError::invalid(&ti.kind, &ti.group, &name, &causes));
+        return Err(ApiError::invalid(
+            &ti.kind,
+            invalid_group(ti),
+            &name,
+            &causes,
+        ));
     }
     if let Some(ns) = ns {
         check_namespace(st, ti, ns, &name)?;
@@ -98,11 +126,23 @@ pub fn create(st: &mut State, ti: &TypeInfo, ns: Option<&str>, mut obj: Value, o
     apply_create_defaults(ti, &mut obj);
     let causes = validate::validate(ti, &obj, None, o.events_api);
     if !causes.is_empty() {
-        return Err(ApiError::invalid(&ti.kind, &ti.group, &name, &causes));
+        return Err(ApiError::invalid(
+            &ti.kind,
+            invalid_group(ti),
+            &name,
+            &causes,
+        ));
     }
     if let Some(m) = obj["metadata"].as_object_mut() {
-        for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields"] {
+        for f in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             m.remove(f);
+        }
+        if o.subresource.as_deref() != Some("apply") {
+            m.remove("managedFields");
         }
         m.insert("creationTimestamp".into(), json!(now()));
     }
@@ -128,6 +168,11 @@ pub fn create(st: &mut State, ti: &TypeInfo, ns: Option<&str>, mut obj: Value, o
     Ok(stored)
 }
 
+/// Invalid answers about Events name the core kind, without a group.
+fn invalid_group(ti: &TypeInfo) -> &str {
+    if ti.plural == "events" { "" } else { &ti.group }
+}
+
 fn apply_create_defaults(ti: &TypeInfo, obj: &mut Value) {
     match ti.kind.as_str() {
         "Namespace" => {
@@ -140,6 +185,14 @@ fn apply_create_defaults(ti: &TypeInfo, obj: &mut Value) {
         }
         "Event" => default_core_event(obj),
         "CustomResourceDefinition" => {
+            if obj.pointer("/spec/names/listKind").is_none() {
+                let kind = obj
+                    .pointer("/spec/names/kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                obj["spec"]["names"]["listKind"] = json!(format!("{kind}List"));
+            }
             let storage = obj
                 .pointer("/spec/versions")
                 .and_then(Value::as_array)
@@ -147,9 +200,12 @@ fn apply_create_defaults(ti: &TypeInfo, obj: &mut Value) {
                 .and_then(|v| v.get("name").cloned())
                 .unwrap_or(json!("v1"));
             obj["status"] = json!({"conditions": null, "acceptedNames": {"plural": "", "kind": ""}, "storedVersions": [storage]});
-            obj.as_object_mut().and_then(|m| m.get_mut("spec")).and_then(Value::as_object_mut).map(|s| {
-                s.entry("conversion").or_insert(json!({"strategy": "None"}));
-            });
+            obj.as_object_mut()
+                .and_then(|m| m.get_mut("spec"))
+                .and_then(Value::as_object_mut)
+                .map(|s| {
+                    s.entry("conversion").or_insert(json!({"strategy": "None"}));
+                });
         }
         _ => {}
     }
@@ -170,7 +226,8 @@ pub fn register_crd(st: &mut State, crd: &Value) {
     let group = spec["group"].as_str().unwrap_or_default().to_string();
     let names = &spec["names"];
     let plural = names["plural"].as_str().unwrap_or_default().to_string();
-    st.types.retain(|t| !(t.group == group && t.plural == plural));
+    st.types
+        .retain(|t| !(t.group == group && t.plural == plural));
     for v in spec["versions"].as_array().into_iter().flatten() {
         if v.get("served") == Some(&json!(false)) {
             continue;
@@ -179,7 +236,10 @@ pub fn register_crd(st: &mut State, crd: &Value) {
             group: group.clone(),
             version: v["name"].as_str().unwrap_or_default().into(),
             plural: plural.clone(),
-            singular: names["singular"].as_str().map(str::to_string).unwrap_or_else(|| names["kind"].as_str().unwrap_or_default().to_lowercase()),
+            singular: names["singular"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| names["kind"].as_str().unwrap_or_default().to_lowercase()),
             kind: names["kind"].as_str().unwrap_or_default().into(),
             namespaced: spec["scope"].as_str() == Some("Namespaced"),
             status_subresource: v.pointer("/subresources/status").is_some(),
@@ -187,7 +247,11 @@ pub fn register_crd(st: &mut State, crd: &Value) {
             custom: true,
             short_names: names["shortNames"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default(),
             cache_start: st.rv,
         });
@@ -206,11 +270,26 @@ fn spec_part(v: &Value) -> Value {
 
 /// Stores `new` as the next state of `old` (PUT, patch or apply), returning the answer.
 /// `new` is decoded; `tracked` means managedFields were already computed (apply).
-pub fn update(st: &mut State, ti: &TypeInfo, old: &Value, mut new: Value, o: &WriteOpts, tracked: bool) -> Result<Value, ApiError> {
+pub fn update(
+    st: &mut State,
+    ti: &TypeInfo,
+    old: &Value,
+    mut new: Value,
+    o: &WriteOpts,
+    tracked: bool,
+) -> Result<Value, ApiError> {
     let name = meta_str(old, "name").to_string();
     let is_status = o.subresource.as_deref() == Some("status");
     // System metadata always comes from the stored object.
-    for f in ["name", "namespace", "creationTimestamp", "resourceVersion", "generation", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+    for f in [
+        "name",
+        "namespace",
+        "creationTimestamp",
+        "resourceVersion",
+        "generation",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
         match old["metadata"].get(f) {
             Some(v) => new["metadata"][f] = v.clone(),
             None => {
@@ -220,7 +299,10 @@ pub fn update(st: &mut State, ti: &TypeInfo, old: &Value, mut new: Value, o: &Wr
             }
         }
     }
-    if new.pointer("/metadata/uid").is_none_or(|u| u.as_str() == Some("")) {
+    if new
+        .pointer("/metadata/uid")
+        .is_none_or(|u| u.as_str() == Some(""))
+    {
         new["metadata"]["uid"] = old["metadata"]["uid"].clone();
     }
     if !tracked {
@@ -264,27 +346,55 @@ pub fn update(st: &mut State, ti: &TypeInfo, old: &Value, mut new: Value, o: &Wr
         default_core_event(&mut new);
     }
     if old.pointer("/metadata/deletionTimestamp").is_some() {
-        let before: Vec<&Value> = old.pointer("/metadata/finalizers").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
+        let before: Vec<&Value> = old
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
         let added = new
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|a| a.iter().any(|f| !before.contains(&f)));
         if added {
-            let c = crate::status::Cause::new("FieldValueForbidden", "metadata.finalizers", "Forbidden: no new finalizers can be added if the object is being deleted");
-            return Err(ApiError::invalid(&ti.kind, &ti.group, &name, &[c.clone(), c]));
+            let c = crate::status::Cause::new(
+                "FieldValueForbidden",
+                "metadata.finalizers",
+                "Forbidden: no new finalizers can be added if the object is being deleted",
+            );
+            return Err(ApiError::invalid(
+                &ti.kind,
+                invalid_group(ti),
+                &name,
+                &[c.clone(), c],
+            ));
         }
     }
     let causes = validate::validate(ti, &new, Some(old), o.events_api);
     if !causes.is_empty() {
-        return Err(ApiError::invalid(&ti.kind, &ti.group, &name, &causes));
+        return Err(ApiError::invalid(
+            &ti.kind,
+            invalid_group(ti),
+            &name,
+            &causes,
+        ));
     }
     if ti.has_generation() && spec_part(&new) != spec_part(old) {
-        let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        let g = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         new["metadata"]["generation"] = json!(g + 1);
     }
     if !tracked && !o.manager.is_empty() {
         let sub = if is_status { "status" } else { "" };
-        fields::track_update(Some(old), &mut new, &o.manager, &ti.api_version(), sub, &now());
+        fields::track_update(
+            Some(old),
+            &mut new,
+            &o.manager,
+            &ti.api_version(),
+            sub,
+            &now(),
+        );
     }
     if fields::strip_times(&new) == fields::strip_times(old) {
         return Ok(old.clone());
@@ -293,7 +403,10 @@ pub fn update(st: &mut State, ti: &TypeInfo, old: &Value, mut new: Value, o: &Wr
         return Ok(new);
     }
     let deleting = new.pointer("/metadata/deletionTimestamp").is_some();
-    let no_finalizers = new.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|a| a.is_empty());
+    let no_finalizers = new
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_none_or(|a| a.is_empty());
     if deleting && no_finalizers {
         let key = key_of(old);
         st.remove(&ti.storage(), &key);
@@ -330,10 +443,18 @@ pub fn delete(st: &mut State, ti: &TypeInfo, key: &Key, o: &DeleteOpts) -> Resul
             "Operation cannot be fulfilled on {} \"{}\": the UID in the precondition ({u}) does not match the UID in record ({uid}). The object might have been deleted and then recreated",
             ti.kind, key.1
         );
-        return Err(ApiError::new(409, Some("Conflict"), &msg, Some(crate::status::details(&key.1, &ti.group, &ti.kind))));
+        return Err(ApiError::new(
+            409,
+            Some("Conflict"),
+            &msg,
+            Some(crate::status::details(&key.1, &ti.group, &ti.kind)),
+        ));
     }
     if let Some(rv) = &o.resource_version
-        && Some(rv.as_str()) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+        && Some(rv.as_str())
+            != old
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
     {
         let msg = format!(
             "Operation cannot be fulfilled on {} \"{}\": the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
@@ -341,7 +462,12 @@ pub fn delete(st: &mut State, ti: &TypeInfo, key: &Key, o: &DeleteOpts) -> Resul
             key.1,
             rv_of(&old).unwrap_or_default()
         );
-        return Err(ApiError::new(409, Some("Conflict"), &msg, Some(crate::status::details(&key.1, &ti.group, &ti.kind))));
+        return Err(ApiError::new(
+            409,
+            Some("Conflict"),
+            &msg,
+            Some(crate::status::details(&key.1, &ti.group, &ti.kind)),
+        ));
     }
     if ti.kind == "Namespace" {
         if old.pointer("/metadata/deletionTimestamp").is_some() || o.dry_run {
@@ -352,10 +478,18 @@ pub fn delete(st: &mut State, ti: &TypeInfo, key: &Key, o: &DeleteOpts) -> Resul
         new["status"]["phase"] = json!("Terminating");
         return Ok(st.replace(&storage, new));
     }
-    let mut finalizers: Vec<Value> = old.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut finalizers: Vec<Value> = old
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     match o.propagation.as_deref() {
-        Some("Foreground") if !finalizers.contains(&json!("foregroundDeletion")) => finalizers.push(json!("foregroundDeletion")),
-        Some("Orphan") if !finalizers.contains(&json!("orphan")) => finalizers.push(json!("orphan")),
+        Some("Foreground") if !finalizers.contains(&json!("foregroundDeletion")) => {
+            finalizers.push(json!("foregroundDeletion"))
+        }
+        Some("Orphan") if !finalizers.contains(&json!("orphan")) => {
+            finalizers.push(json!("orphan"))
+        }
         _ => {}
     }
     if finalizers.is_empty() {
@@ -375,19 +509,35 @@ pub fn delete(st: &mut State, ti: &TypeInfo, key: &Key, o: &DeleteOpts) -> Resul
     new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
     new["metadata"]["finalizers"] = Value::Array(finalizers);
     if ti.has_generation() {
-        let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        let g = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         new["metadata"]["generation"] = json!(g + 1);
     }
     Ok(st.replace(&storage, new))
 }
 
 fn unregister_crd(st: &mut State, crd: &Value) {
-    let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default().to_string();
-    let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_string();
+    let group = crd
+        .pointer("/spec/group")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let plural = crd
+        .pointer("/spec/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let storage = crate::status::qualified(&plural, &group);
-    let keys: Vec<Key> = st.objects.get(&storage).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let keys: Vec<Key> = st
+        .objects
+        .get(&storage)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
     for k in keys {
         st.remove(&storage, &k);
     }
-    st.types.retain(|t| !(t.group == group && t.plural == plural));
+    st.types
+        .retain(|t| !(t.group == group && t.plural == plural));
 }

@@ -77,7 +77,9 @@ pub fn strategic_merge(doc: &Value, patch: &Value, kind: &str) -> Value {
 }
 
 fn smp<'a>(doc: &Value, patch: &'a Value, kind: &str, path: &mut Vec<&'a str>) -> Value {
-    let Value::Object(p) = patch else { return patch.clone() };
+    let Value::Object(p) = patch else {
+        return patch.clone();
+    };
     match p.get("$patch").and_then(Value::as_str) {
         Some("replace") => {
             let mut m = p.clone();
@@ -109,7 +111,11 @@ fn smp<'a>(doc: &Value, patch: &'a Value, kind: &str, path: &mut Vec<&'a str>) -
                 }
             }
             Value::Array(items) => {
-                let cur = out.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+                let cur = out
+                    .get(k)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 let merged = match strategy(path, kind) {
                     ListStrategy::Atomic => items.clone(),
                     ListStrategy::PrimitiveSet => {

@@ -103,7 +103,8 @@ fn lex(s: &str) -> Vec<Tok> {
             }
             _ => {
                 let start = i;
-                while i < chars.len() && !chars[i].is_whitespace() && !"!=(),<>".contains(chars[i]) {
+                while i < chars.len() && !chars[i].is_whitespace() && !"!=(),<>".contains(chars[i])
+                {
                     i += 1;
                 }
                 let word: String = chars[start..i].iter().collect();
@@ -122,7 +123,8 @@ fn lex(s: &str) -> Vec<Tok> {
 fn valid_label_value(v: &str) -> bool {
     v.is_empty()
         || (v.len() <= 63
-            && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && v.starts_with(|c: char| c.is_ascii_alphanumeric())
             && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
@@ -144,12 +146,22 @@ impl LabelSelector {
                         p += 1;
                         (k.clone(), Op::NotExists)
                     }
-                    t => return Err(format!("unable to parse requirement: found '{}', expected: identifier", describe(t))),
+                    t => {
+                        return Err(format!(
+                            "unable to parse requirement: found '{}', expected: identifier",
+                            describe(t)
+                        ));
+                    }
                 }
             } else {
                 let key = match &toks[p] {
                     Tok::Ident(k) => k.clone(),
-                    t => return Err(format!("unable to parse requirement: found '{}', expected: identifier", describe(t))),
+                    t => {
+                        return Err(format!(
+                            "unable to parse requirement: found '{}', expected: identifier",
+                            describe(t)
+                        ));
+                    }
                 };
                 p += 1;
                 let op_tok = toks[p].clone();
@@ -163,7 +175,12 @@ impl LabelSelector {
                                 v.clone()
                             }
                             Tok::Comma | Tok::End => String::new(),
-                            t => return Err(format!("unable to parse requirement: found '{}', expected: identifier", describe(t))),
+                            t => {
+                                return Err(format!(
+                                    "unable to parse requirement: found '{}', expected: identifier",
+                                    describe(t)
+                                ));
+                            }
                         };
                         let op = match op_tok {
                             Tok::Eq | Tok::DoubleEq => Op::Eq(val.clone()),
@@ -174,18 +191,27 @@ impl LabelSelector {
                                         "unable to parse requirement: values[0]: Invalid value: \"{val}\": for 'Gt', 'Lt' operators, the value must be an integer"
                                     )
                                 })?;
-                                if op_tok == Tok::Gt { Op::Gt(n) } else { Op::Lt(n) }
+                                if op_tok == Tok::Gt {
+                                    Op::Gt(n)
+                                } else {
+                                    Op::Lt(n)
+                                }
                             }
                         };
                         if !valid_label_value(&val) {
-                            return Err(format!("unable to parse requirement: values[0]: Invalid value: \"{val}\""));
+                            return Err(format!(
+                                "unable to parse requirement: values[0]: Invalid value: \"{val}\""
+                            ));
                         }
                         (key, op)
                     }
                     Tok::In | Tok::NotIn => {
                         p += 1;
                         if toks[p] != Tok::Open {
-                            return Err(format!("unable to parse requirement: found '{}', expected: '('", describe(&toks[p])));
+                            return Err(format!(
+                                "unable to parse requirement: found '{}', expected: '('",
+                                describe(&toks[p])
+                            ));
                         }
                         p += 1;
                         let mut vals = Vec::new();
@@ -198,7 +224,10 @@ impl LabelSelector {
                                 Tok::Close if vals.is_empty() => {}
                                 t => {
                                     if !matches!(t, Tok::Comma) {
-                                        return Err(format!("unable to parse requirement: found '{}', expected: ',' or ')'", describe(t)));
+                                        return Err(format!(
+                                            "unable to parse requirement: found '{}', expected: ',' or ')'",
+                                            describe(t)
+                                        ));
                                     }
                                     vals.push(String::new());
                                 }
@@ -209,19 +238,41 @@ impl LabelSelector {
                                     p += 1;
                                     break;
                                 }
-                                t => return Err(format!("unable to parse requirement: found '{}', expected: ',' or ')'", describe(t))),
+                                t => {
+                                    return Err(format!(
+                                        "unable to parse requirement: found '{}', expected: ',' or ')'",
+                                        describe(t)
+                                    ));
+                                }
                             }
                         }
-                        (key, if op_tok == Tok::In { Op::In(vals) } else { Op::NotIn(vals) })
+                        (
+                            key,
+                            if op_tok == Tok::In {
+                                Op::In(vals)
+                            } else {
+                                Op::NotIn(vals)
+                            },
+                        )
                     }
-                    t => return Err(format!("unable to parse requirement: found '{}', expected: in, notin, =, ==, !=, gt, lt", describe(&t))),
+                    t => {
+                        return Err(format!(
+                            "unable to parse requirement: found '{}', expected: in, notin, =, ==, !=, gt, lt",
+                            describe(&t)
+                        ));
+                    }
                 }
             };
             reqs.push((key, op));
             match &toks[p] {
                 Tok::End => break,
                 Tok::Comma => p += 1,
-                t => return Err(format!("found '{}', expected: ',' or 'end of string'", describe(t))),
+                t => {
+                    return Err(format!(
+                        "found '{}', expected: ',' or 'end of string'",
+                        describe(t)
+                    ));
+                }
             }
         }
         Ok(LabelSelector(reqs))
@@ -238,8 +289,12 @@ impl LabelSelector {
             Op::NotIn(vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
             Op::Exists => get(k).is_some(),
             Op::NotExists => get(k).is_none(),
-            Op::Gt(n) => get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x > *n),
-            Op::Lt(n) => get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x < *n),
+            Op::Gt(n) => get(k)
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x > *n),
+            Op::Lt(n) => get(k)
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x < *n),
         })
     }
 }
@@ -260,7 +315,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(format!("invalid selector: '{s}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                ));
             };
             if !supported(field) {
                 return Err(format!("field label not supported: {field}"));
@@ -271,6 +328,8 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, obj: &Value, value_of: &dyn Fn(&Value, &str) -> String) -> bool {
-        self.0.iter().all(|(f, eq, v)| (value_of(obj, f) == *v) == *eq)
+        self.0
+            .iter()
+            .all(|(f, eq, v)| (value_of(obj, f) == *v) == *eq)
     }
 }

@@ -21,7 +21,11 @@ pub struct Cause {
 
 impl Cause {
     pub fn new(reason: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Cause { reason, field: field.into(), message: message.into() }
+        Cause {
+            reason,
+            field: field.into(),
+            message: message.into(),
+        }
     }
     pub fn required(field: impl Into<String>) -> Self {
         Cause::new("FieldValueRequired", field, "Required value")
@@ -60,39 +64,76 @@ pub fn details(name: &str, group: &str, kind: &str) -> Value {
 
 /// `plural.group` or just `plural` for the core group.
 pub fn qualified(plural: &str, group: &str) -> String {
-    if group.is_empty() { plural.to_string() } else { format!("{plural}.{group}") }
+    if group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    }
 }
 
 impl ApiError {
     pub fn new(code: u16, reason: Option<&str>, message: &str, details: Option<Value>) -> Self {
-        ApiError { code, body: status(code, reason, message, details), text: None }
+        ApiError {
+            code,
+            body: status(code, reason, message, details),
+            text: None,
+        }
     }
     pub fn page_not_found() -> Self {
-        ApiError { code: 404, body: Value::Null, text: Some("404 page not found\n".into()) }
+        ApiError {
+            code: 404,
+            body: Value::Null,
+            text: Some("404 page not found\n".into()),
+        }
     }
     pub fn not_found(plural: &str, group: &str, name: &str) -> Self {
         let msg = format!("{} \"{name}\" not found", qualified(plural, group));
-        Self::new(404, Some("NotFound"), &msg, Some(details(name, group, plural)))
+        Self::new(
+            404,
+            Some("NotFound"),
+            &msg,
+            Some(details(name, group, plural)),
+        )
     }
     pub fn resource_not_found() -> Self {
-        Self::new(404, Some("NotFound"), "the server could not find the requested resource", Some(json!({})))
+        Self::new(
+            404,
+            Some("NotFound"),
+            "the server could not find the requested resource",
+            Some(json!({})),
+        )
     }
     pub fn already_exists(plural: &str, group: &str, name: &str) -> Self {
         let msg = format!("{} \"{name}\" already exists", qualified(plural, group));
-        Self::new(409, Some("AlreadyExists"), &msg, Some(details(name, group, plural)))
+        Self::new(
+            409,
+            Some("AlreadyExists"),
+            &msg,
+            Some(details(name, group, plural)),
+        )
     }
     pub fn conflict(plural: &str, group: &str, name: &str) -> Self {
         let msg = format!(
             "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
             qualified(plural, group)
         );
-        Self::new(409, Some("Conflict"), &msg, Some(details(name, group, plural)))
+        Self::new(
+            409,
+            Some("Conflict"),
+            &msg,
+            Some(details(name, group, plural)),
+        )
     }
     pub fn bad_request(message: &str) -> Self {
         Self::new(400, Some("BadRequest"), message, None)
     }
     pub fn method_not_allowed() -> Self {
-        Self::new(405, Some("MethodNotAllowed"), "the server does not allow this method on the requested resource", Some(json!({})))
+        Self::new(
+            405,
+            Some("MethodNotAllowed"),
+            "the server does not allow this method on the requested resource",
+            Some(json!({})),
+        )
     }
     pub fn unsupported_media_type(message: &str, details: Option<Value>) -> Self {
         Self::new(415, Some("UnsupportedMediaType"), message, details)
@@ -105,13 +146,29 @@ impl ApiError {
     }
     /// The generic 422 every failed JSON Patch operation gets.
     pub fn patch_rejected() -> Self {
-        Self::new(422, Some("Invalid"), "the server rejected our request due to an error in our request", Some(json!({})))
+        Self::new(
+            422,
+            Some("Invalid"),
+            "the server rejected our request due to an error in our request",
+            Some(json!({})),
+        )
     }
     /// 422 Invalid with one cause per violation.
     pub fn invalid(kind: &str, group: &str, name: &str, causes: &[Cause]) -> Self {
-        let qual = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
-        let parts: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
-        let joined = if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) };
+        let qual = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let parts: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        let joined = if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            format!("[{}]", parts.join(", "))
+        };
         let msg = format!("{qual} \"{name}\" is invalid: {joined}");
         let mut d = details(name, group, kind);
         d["causes"] = Value::Array(

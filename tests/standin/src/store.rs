@@ -42,11 +42,19 @@ impl TypeInfo {
         }
     }
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
     /// Where objects live; both Event APIs share core/v1 storage.
     pub fn storage(&self) -> String {
-        if self.plural == "events" { "events".into() } else { crate::status::qualified(&self.plural, &self.group) }
+        if self.plural == "events" {
+            "events".into()
+        } else {
+            crate::status::qualified(&self.plural, &self.group)
+        }
     }
     pub fn has_generation(&self) -> bool {
         self.custom || self.plural == "customresourcedefinitions"
@@ -93,12 +101,19 @@ pub fn now() -> String {
 }
 
 pub fn key_of(obj: &Value) -> Key {
-    let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+    let s = |p: &str| {
+        obj.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     (s("/metadata/namespace"), s("/metadata/name"))
 }
 
 pub fn rv_of(obj: &Value) -> Option<u64> {
-    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok())
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
 }
 
 pub fn set_rv(obj: &mut Value, rv: u64) {
@@ -118,12 +133,25 @@ impl State {
             ("", "events", "Event", true),
             ("events.k8s.io", "events", "Event", true),
             ("coordination.k8s.io", "leases", "Lease", true),
-            ("apiextensions.k8s.io", "customresourcedefinitions", "CustomResourceDefinition", false),
+            (
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                "CustomResourceDefinition",
+                false,
+            ),
         ] {
             s.types.push(TypeInfo::builtin(g, p, k, n));
         }
-        s.types.iter_mut().find(|t| t.plural == "serviceaccounts").expect("sa").short_names = vec!["sa".into()];
-        s.types.iter_mut().find(|t| t.plural == "namespaces").expect("ns").short_names = vec!["ns".into()];
+        s.types
+            .iter_mut()
+            .find(|t| t.plural == "serviceaccounts")
+            .expect("sa")
+            .short_names = vec!["sa".into()];
+        s.types
+            .iter_mut()
+            .find(|t| t.plural == "namespaces")
+            .expect("ns")
+            .short_names = vec!["ns".into()];
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let obj = json!({
                 "kind": "Namespace", "apiVersion": "v1",
@@ -150,7 +178,10 @@ impl State {
     }
 
     pub fn find_type(&self, group: &str, version: &str, plural: &str) -> Option<TypeInfo> {
-        self.types.iter().find(|t| t.group == group && t.version == version && t.plural == plural).cloned()
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
+            .cloned()
     }
 
     pub fn get(&self, storage: &str, key: &Key) -> Option<&Value> {
@@ -158,7 +189,13 @@ impl State {
     }
 
     fn record(&mut self, storage: &str, kind: EventType, obj: Value, prev: Option<Value>) {
-        self.history.push(HistoryEvent { storage: storage.into(), rv: self.rv, kind, obj, prev });
+        self.history.push(HistoryEvent {
+            storage: storage.into(),
+            rv: self.rv,
+            kind,
+            obj,
+            prev,
+        });
     }
 
     /// Stores a new object with a fresh RV and records ADDED.
@@ -166,7 +203,10 @@ impl State {
         self.rv += 1;
         set_rv(&mut obj, self.rv);
         let key = key_of(&obj);
-        self.objects.entry(storage.into()).or_default().insert(key, obj.clone());
+        self.objects
+            .entry(storage.into())
+            .or_default()
+            .insert(key, obj.clone());
         self.record(storage, EventType::Added, obj.clone(), None);
         obj
     }
@@ -176,7 +216,11 @@ impl State {
         self.rv += 1;
         set_rv(&mut obj, self.rv);
         let key = key_of(&obj);
-        let prev = self.objects.entry(storage.into()).or_default().insert(key, obj.clone());
+        let prev = self
+            .objects
+            .entry(storage.into())
+            .or_default()
+            .insert(key, obj.clone());
         self.record(storage, EventType::Modified, obj.clone(), prev);
         obj
     }
@@ -194,10 +238,18 @@ impl State {
     /// All objects of a storage, sorted by (namespace, name), as of `at` (or now).
     pub fn snapshot(&self, storage: &str, at: Option<u64>) -> Vec<Value> {
         match at {
-            None => self.objects.get(storage).map(|m| m.values().cloned().collect()).unwrap_or_default(),
+            None => self
+                .objects
+                .get(storage)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default(),
             Some(rv) => {
                 let mut m: BTreeMap<Key, Value> = BTreeMap::new();
-                for e in self.history.iter().filter(|e| e.storage == storage && e.rv <= rv) {
+                for e in self
+                    .history
+                    .iter()
+                    .filter(|e| e.storage == storage && e.rv <= rv)
+                {
                     let k = key_of(&e.obj);
                     if e.kind == EventType::Deleted {
                         m.remove(&k);
@@ -212,6 +264,11 @@ impl State {
 
     pub fn namespace_phase(&self, ns: &str) -> Option<String> {
         let o = self.get("namespaces", &(String::new(), ns.to_string()))?;
-        Some(o.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Active").to_string())
+        Some(
+            o.pointer("/status/phase")
+                .and_then(Value::as_str)
+                .unwrap_or("Active")
+                .to_string(),
+        )
     }
 }

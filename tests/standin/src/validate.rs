@@ -28,7 +28,11 @@ fn known_fields(kind: &str) -> Option<&'static [&'static str]> {
     Some(match kind {
         "Namespace" => &["spec", "status"],
         "Secret" => &["data", "stringData", "type", "immutable"],
-        "ServiceAccount" => &["secrets", "imagePullSecrets", "automountServiceAccountToken"],
+        "ServiceAccount" => &[
+            "secrets",
+            "imagePullSecrets",
+            "automountServiceAccountToken",
+        ],
         "Lease" => &["spec"],
         "ConfigMap" => &["data", "binaryData", "immutable"],
         _ => return None,
@@ -38,7 +42,8 @@ fn known_fields(kind: &str) -> Option<&'static [&'static str]> {
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -55,7 +60,9 @@ fn is_qualified_name(s: &str) -> bool {
     prefix.is_none_or(is_dns_subdomain)
         && !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -139,7 +146,8 @@ pub fn decode(ti: &TypeInfo, body: &Value, strict: bool) -> Result<Decoded, ApiE
     }
     if let Some(known) = known_fields(&ti.kind) {
         m.retain(|k, _| {
-            let ok = ["kind", "apiVersion", "metadata"].contains(&k.as_str()) || known.contains(&k.as_str());
+            let ok = ["kind", "apiVersion", "metadata"].contains(&k.as_str())
+                || known.contains(&k.as_str());
             if !ok {
                 unknown.push(k.clone());
             }
@@ -168,7 +176,12 @@ pub fn decode(ti: &TypeInfo, body: &Value, strict: bool) -> Result<Decoded, ApiE
         && let Some(schema) = &ti.schema
     {
         let mut obj = Value::Object(m);
-        for (k, sub) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
+        for (k, sub) in schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
             if k == "metadata" || k == "apiVersion" || k == "kind" {
                 continue;
             }
@@ -179,7 +192,8 @@ pub fn decode(ti: &TypeInfo, body: &Value, strict: bool) -> Result<Decoded, ApiE
         if let Some(om) = obj.as_object_mut() {
             let props = schema.get("properties").and_then(Value::as_object);
             om.retain(|k, _| {
-                let ok = ["kind", "apiVersion", "metadata"].contains(&k.as_str()) || props.is_some_and(|p| p.contains_key(k));
+                let ok = ["kind", "apiVersion", "metadata"].contains(&k.as_str())
+                    || props.is_some_and(|p| p.contains_key(k));
                 if !ok {
                     unknown.push(k.clone());
                 }
@@ -193,7 +207,10 @@ pub fn decode(ti: &TypeInfo, body: &Value, strict: bool) -> Result<Decoded, ApiE
     }
     if !unknown.is_empty() {
         if strict {
-            let list: Vec<String> = unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect();
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|u| format!("unknown field \"{u}\""))
+                .collect();
             return Err(ApiError::bad_request(&format!(
                 "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
                 ti.kind,
@@ -210,9 +227,14 @@ pub fn decode(ti: &TypeInfo, body: &Value, strict: bool) -> Result<Decoded, ApiE
     if ti.kind == "Lease"
         && let Some(e) = bad_micro_time(&Value::Object(m.clone()))
     {
-        return Err(ApiError::bad_request(&format!("Lease in version \"v1\" cannot be handled as a Lease: {e}")));
+        return Err(ApiError::bad_request(&format!(
+            "Lease in version \"v1\" cannot be handled as a Lease: {e}"
+        )));
     }
-    Ok(Decoded { obj: Value::Object(m), warnings })
+    Ok(Decoded {
+        obj: Value::Object(m),
+        warnings,
+    })
 }
 
 fn prune(v: &mut Value, schema: &Value, path: &str, unknown: &mut Vec<String>) {
@@ -285,25 +307,55 @@ fn decode_secret(m: &mut Map<String, Value>, ti: &TypeInfo) -> Result<(), ApiErr
 
 /// Validates name and generateName on create.
 pub fn validate_name(ti: &TypeInfo, obj: &Value, generated: bool) -> Vec<Cause> {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-    let check = |s: &str| if ti.kind == "Namespace" { is_dns_label(s) } else { is_dns_subdomain(s) };
-    let what = if ti.kind == "Namespace" { "RFC 1123 label" } else { "RFC 1123 subdomain" };
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let check = |s: &str| {
+        if ti.kind == "Namespace" {
+            is_dns_label(s)
+        } else {
+            is_dns_subdomain(s)
+        }
+    };
+    let what = if ti.kind == "Namespace" {
+        "RFC 1123 label"
+    } else {
+        "RFC 1123 subdomain"
+    };
     if generated {
-        let gn = obj.pointer("/metadata/generateName").and_then(Value::as_str).unwrap_or_default();
+        let gn = obj
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let masked = match gn.strip_suffix('-') {
             Some(p) => format!("{p}a"),
             None => gn.to_string(),
         };
         if !check(&masked) {
-            return vec![Cause::invalid("metadata.generateName", format!("Invalid value: \"{gn}\": a lowercase {what} must consist of lower case alphanumeric characters"))];
+            return vec![Cause::invalid(
+                "metadata.generateName",
+                format!(
+                    "Invalid value: \"{gn}\": a lowercase {what} must consist of lower case alphanumeric characters"
+                ),
+            )];
         }
         return Vec::new();
     }
     if name.is_empty() {
-        return vec![Cause::new("FieldValueRequired", "metadata.name", "Required value: name or generateName is required")];
+        return vec![Cause::new(
+            "FieldValueRequired",
+            "metadata.name",
+            "Required value: name or generateName is required",
+        )];
     }
     if !check(name) {
-        return vec![Cause::invalid("metadata.name", format!("Invalid value: \"{name}\": a lowercase {what} must consist of lower case alphanumeric characters"))];
+        return vec![Cause::invalid(
+            "metadata.name",
+            format!(
+                "Invalid value: \"{name}\": a lowercase {what} must consist of lower case alphanumeric characters"
+            ),
+        )];
     }
     Vec::new()
 }
@@ -314,9 +366,18 @@ pub fn validate(ti: &TypeInfo, obj: &Value, old: Option<&Value>, events_api: boo
     if let Some(o) = old
         && o.pointer("/metadata/uid") != obj.pointer("/metadata/uid")
     {
-        let uid = obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
-        c.push(Cause::invalid("metadata.uid", format!("Invalid value: \"{uid}\": field is immutable")));
-        c.push(Cause::invalid("metadata.uid", format!("Invalid value: \"{uid}\": field is immutable")));
+        let uid = obj
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        c.push(Cause::invalid(
+            "metadata.uid",
+            format!("Invalid value: \"{uid}\": field is immutable"),
+        ));
+        c.push(Cause::invalid(
+            "metadata.uid",
+            format!("Invalid value: \"{uid}\": field is immutable"),
+        ));
     }
     match ti.kind.as_str() {
         "Secret" => validate_secret(obj, old, &mut c),
@@ -337,7 +398,10 @@ fn validate_secret(obj: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
     if let Some(o) = old {
         let oty = o.get("type").and_then(Value::as_str).unwrap_or("Opaque");
         if oty != ty {
-            c.push(Cause::invalid("type", format!("Invalid value: \"{ty}\": field is immutable")));
+            c.push(Cause::invalid(
+                "type",
+                format!("Invalid value: \"{ty}\": field is immutable"),
+            ));
         }
     }
     let key = match ty {
@@ -345,32 +409,51 @@ fn validate_secret(obj: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
         "kubernetes.io/dockercfg" => ".dockercfg",
         _ => return,
     };
-    match obj.pointer("/data").and_then(|d| d.get(key)).and_then(Value::as_str) {
+    match obj
+        .pointer("/data")
+        .and_then(|d| d.get(key))
+        .and_then(Value::as_str)
+    {
         None => c.push(Cause::required(format!("data[{key}]"))),
         Some(s) => {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .unwrap_or_default();
             let ok = match serde_json::from_slice::<Value>(&bytes) {
                 Ok(Value::Object(_)) => true,
                 Ok(_) => key == ".dockercfg",
                 Err(_) => false,
             };
             if !ok {
-                c.push(Cause::invalid(format!("data[{key}]"), "Invalid value: \"<secret contents redacted>\": invalid character"));
+                c.push(Cause::invalid(
+                    format!("data[{key}]"),
+                    "Invalid value: \"<secret contents redacted>\": invalid character",
+                ));
             }
         }
     }
 }
 
 fn validate_lease(obj: &Value, c: &mut Vec<Cause>) {
-    if let Some(d) = obj.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64)
+    if let Some(d) = obj
+        .pointer("/spec/leaseDurationSeconds")
+        .and_then(Value::as_i64)
         && d <= 0
     {
-        c.push(Cause::invalid("spec.leaseDurationSeconds", format!("Invalid value: {d}: must be greater than 0")));
+        c.push(Cause::invalid(
+            "spec.leaseDurationSeconds",
+            format!("Invalid value: {d}: must be greater than 0"),
+        ));
     }
-    if let Some(t) = obj.pointer("/spec/leaseTransitions").and_then(Value::as_i64)
+    if let Some(t) = obj
+        .pointer("/spec/leaseTransitions")
+        .and_then(Value::as_i64)
         && t < 0
     {
-        c.push(Cause::invalid("spec.leaseTransitions", format!("Invalid value: {t}: must be greater than or equal to 0")));
+        c.push(Cause::invalid(
+            "spec.leaseTransitions",
+            format!("Invalid value: {t}: must be greater than or equal to 0"),
+        ));
     }
 }
 
@@ -379,7 +462,10 @@ fn validate_event(obj: &Value, old: Option<&Value>, events_api: bool, c: &mut Ve
     let event_time = obj.get("eventTime").filter(|v| !v.is_null());
     if let Some(o) = old {
         if o.get("involvedObject") != obj.get("involvedObject") {
-            c.push(Cause::invalid("involvedObject", "Invalid value: field is immutable"));
+            c.push(Cause::invalid(
+                "involvedObject",
+                "Invalid value: field is immutable",
+            ));
         }
     } else if events_api {
         if event_time.is_none() {
@@ -387,33 +473,65 @@ fn validate_event(obj: &Value, old: Option<&Value>, events_api: bool, c: &mut Ve
         }
         let ty = s("type");
         if ty != "Normal" && ty != "Warning" {
-            c.push(Cause::invalid("type", format!("Invalid value: \"\": has invalid value: {ty}")));
+            c.push(Cause::invalid(
+                "type",
+                format!("Invalid value: \"\": has invalid value: {ty}"),
+            ));
         }
         if obj.get("firstTimestamp").is_some_and(|v| !v.is_null()) {
-            c.push(Cause::invalid("firstTimestamp", "Invalid value: \"\": needs to be unset"));
+            c.push(Cause::invalid(
+                "firstTimestamp",
+                "Invalid value: \"\": needs to be unset",
+            ));
         }
         if obj.get("lastTimestamp").is_some_and(|v| !v.is_null()) {
-            c.push(Cause::invalid("lastTimestamp", "Invalid value: \"\": needs to be unset"));
+            c.push(Cause::invalid(
+                "lastTimestamp",
+                "Invalid value: \"\": needs to be unset",
+            ));
         }
     }
     if let Some(series) = obj.get("series").filter(|v| !v.is_null())
         && series.get("count").and_then(Value::as_i64).unwrap_or(0) < 2
     {
-        c.push(Cause::invalid("series.count", "Invalid value: \"\": should be at least 2"));
+        c.push(Cause::invalid(
+            "series.count",
+            "Invalid value: \"\": should be at least 2",
+        ));
     }
     if event_time.is_some() {
-        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
-        let ions = obj.pointer("/involvedObject/namespace").and_then(Value::as_str).unwrap_or_default();
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let ions = obj
+            .pointer("/involvedObject/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if ions.is_empty() && ns != "default" && ns != "kube-system" {
-            c.push(Cause::invalid("involvedObject.namespace", "Invalid value: \"\": does not match event.namespace"));
+            c.push(Cause::invalid(
+                "involvedObject.namespace",
+                "Invalid value: \"\": does not match event.namespace",
+            ));
         }
         let rc = s("reportingComponent");
         if rc.is_empty() {
             c.push(Cause::required("reportingController"));
-            c.push(Cause::invalid("reportingController", "Invalid value: \"\": name part must be non-empty"));
-            c.push(Cause::invalid("reportingController", "Invalid value: \"\": name part must consist of alphanumeric characters"));
+            c.push(Cause::invalid(
+                "reportingController",
+                "Invalid value: \"\": name part must be non-empty",
+            ));
+            c.push(Cause::invalid(
+                "reportingController",
+                "Invalid value: \"\": name part must consist of alphanumeric characters",
+            ));
         } else if !is_qualified_name(rc) {
-            c.push(Cause::invalid("reportingController", format!("Invalid value: \"{rc}\": name part must consist of alphanumeric characters")));
+            c.push(Cause::invalid(
+                "reportingController",
+                format!(
+                    "Invalid value: \"{rc}\": name part must consist of alphanumeric characters"
+                ),
+            ));
         }
         if s("reportingInstance").is_empty() {
             c.push(Cause::required("reportingInstance"));
@@ -421,15 +539,24 @@ fn validate_event(obj: &Value, old: Option<&Value>, events_api: bool, c: &mut Ve
         if s("action").is_empty() {
             c.push(Cause::required("action"));
         } else if s("action").len() > 128 {
-            c.push(Cause::invalid("action", "Invalid value: \"\": can have at most 128 characters"));
+            c.push(Cause::invalid(
+                "action",
+                "Invalid value: \"\": can have at most 128 characters",
+            ));
         }
         if s("reason").is_empty() {
             c.push(Cause::required("reason"));
         } else if s("reason").len() > 128 {
-            c.push(Cause::invalid("reason", "Invalid value: \"\": can have at most 128 characters"));
+            c.push(Cause::invalid(
+                "reason",
+                "Invalid value: \"\": can have at most 128 characters",
+            ));
         }
         if s("message").len() > 1024 {
-            c.push(Cause::invalid("message", "Invalid value: \"\": can have at most 1024 characters"));
+            c.push(Cause::invalid(
+                "message",
+                "Invalid value: \"\": can have at most 1024 characters",
+            ));
         }
     }
 }
@@ -459,27 +586,49 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 fn validate_schema(v: &Value, schema: &Value, path: &str, c: &mut Vec<Cause>, root: bool) {
-    let child = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+    let child = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
     if let Some(ty) = schema.get("type").and_then(Value::as_str)
         && !type_ok(v, ty)
         && !root
     {
         let got = json_type(v);
-        c.push(Cause::new("FieldValueTypeInvalid", path, format!("Invalid value: \"{got}\": {path} in body must be of type {ty}: \"{got}\"")));
+        c.push(Cause::new(
+            "FieldValueTypeInvalid",
+            path,
+            format!("Invalid value: \"{got}\": {path} in body must be of type {ty}: \"{got}\""),
+        ));
         return;
     }
     if let Some(e) = schema.get("enum").and_then(Value::as_array)
         && !e.contains(v)
     {
-        c.push(Cause::new("FieldValueNotSupported", path, format!("Unsupported value: {v}")));
+        c.push(Cause::new(
+            "FieldValueNotSupported",
+            path,
+            format!("Unsupported value: {v}"),
+        ));
     }
     if let (Some(min), Some(s)) = (schema.get("minLength").and_then(Value::as_u64), v.as_str())
         && (s.chars().count() as u64) < min
     {
-        c.push(Cause::invalid(path, format!("Invalid value: \"{s}\": {path} in body should be at least {min} chars long")));
+        c.push(Cause::invalid(
+            path,
+            format!("Invalid value: \"{s}\": {path} in body should be at least {min} chars long"),
+        ));
     }
     if let Value::Object(m) = v {
-        for r in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+        for r in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(k) = r.as_str()
                 && !m.contains_key(k)
             {
