@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# The whole check, as CI runs it (.ci/run): install the peers the tests need,
+# start them on loopback, then fmt, clippy, the tests, and the release build.
+#
+# Runs as root on a fresh Debian machine with python3, pip and the Rust
+# toolchain; re-runs skip what is already installed. Add a step by writing a
+# function and calling it from main().
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PEERS="$ROOT/tests/.peers"          # peer state and logs (git-ignored)
+MOTO_VERSION="5.2.1"
+REGISTRY_USER="regbridge"
+REGISTRY_PASSWORD="regbridge-e2e-$RANDOM$RANDOM"
+# Other builds may share this machine's target dir; take turns with them.
+CARGO_LOCK="${CARGO_LOCK:-/tmp/cargo.lock}"
+
+PIDS=()
+
+log() { printf '\n==> %s\n' "$*"; }
+
+cargo_() {
+  if command -v flock >/dev/null; then
+    flock "$CARGO_LOCK" cargo "$@"
+  else
+    cargo "$@"
+  fi
+}
+
+stop_peers() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
+install_packages() {
+  local missing=()
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
+  command -v skopeo >/dev/null || missing+=(skopeo)
+  command -v htpasswd >/dev/null || missing+=(apache2-utils)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v flock >/dev/null || missing+=(util-linux)
+  if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+install_moto() {
+  if python3 -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null \
+    && python3 -c "import flask, werkzeug" 2>/dev/null; then
+    return
+  fi
+  log "pip install moto[server]==$MOTO_VERSION"
+  python3 -m pip install -q "moto[server]==$MOTO_VERSION"
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_for NAME URL LOG: until URL answers with any HTTP status, for up to 60 s.
+wait_for() {
+  local name="$1" url="$2" logfile="$3" i
+  for i in $(seq 1 120); do
+    if curl -s -o /dev/null "$url"; then
+      return
+    fi
+    sleep 0.5
+  done
+  echo "$name did not answer at $url; its log:" >&2
+  cat "$logfile" >&2 || true
+  exit 1
+}
+
+start_moto() {
+  local port
+  port="$(free_port)"
+  python3 -m moto.server -H 127.0.0.1 -p "$port" >"$PEERS/moto.log" 2>&1 &
+  PIDS+=("$!")
+  wait_for moto_server "http://127.0.0.1:$port/moto-api/" "$PEERS/moto.log"
+  export REGBRIDGE_MOTO_URL="http://127.0.0.1:$port"
+  log "moto_server $MOTO_VERSION at $REGBRIDGE_MOTO_URL"
+}
+
+start_registry() {
+  local port dir="$PEERS/registry"
+  port="$(free_port)"
+  rm -rf "$dir"
+  mkdir -p "$dir/storage"
+  htpasswd -Bbc "$dir/htpasswd" "$REGISTRY_USER" "$REGISTRY_PASSWORD" 2>/dev/null
+  cat >"$dir/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/storage
+http:
+  addr: 127.0.0.1:$port
+auth:
+  htpasswd:
+    realm: regbridge-e2e
+    path: $dir/htpasswd
+EOF
+  docker-registry serve "$dir/config.yml" >"$PEERS/registry.log" 2>&1 &
+  PIDS+=("$!")
+  wait_for docker-registry "http://127.0.0.1:$port/v2/" "$PEERS/registry.log"
+  export REGBRIDGE_REGISTRY_URL="127.0.0.1:$port"
+  export REGBRIDGE_REGISTRY_USER="$REGISTRY_USER"
+  export REGBRIDGE_REGISTRY_PASSWORD="$REGISTRY_PASSWORD"
+  log "docker-registry at $REGBRIDGE_REGISTRY_URL (htpasswd)"
+}
+
+check_fmt() {
+  log "cargo fmt --check"
+  cargo_ fmt --all --check
+}
+
+check_clippy() {
+  log "cargo clippy"
+  cargo_ clippy --workspace --all-targets --all-features --locked -- -D warnings
+}
+
+run_tests() {
+  log "cargo test"
+  export REGBRIDGE_REQUIRE_PEERS=1
+  cargo_ test --workspace --all-features --locked
+}
+
+build_release() {
+  log "cargo build --release"
+  cargo_ build --release --locked
+}
+
+main() {
+  cd "$ROOT"
+  mkdir -p "$PEERS"
+  trap stop_peers EXIT
+  install_packages
+  install_moto
+  start_moto
+  start_registry
+  check_fmt
+  check_clippy
+  run_tests
+  build_release
+  log "all checks passed"
+}
+
+main "$@"
