@@ -1,10 +1,22 @@
 //! regbridge: keeps registry pull credentials fresh and distributes them to
 //! the namespaces and ServiceAccounts that need them.
+pub mod apply_plan;
+pub mod cli;
+pub mod cluster_access;
 pub mod compose;
+pub mod controller;
+pub mod credentials;
 pub mod crd;
 pub mod distribute;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod health;
 pub mod labels;
+pub mod leader;
+pub mod metrics;
+pub mod mint;
+pub mod refresh;
 pub mod selection;
 pub mod serviceaccount_patch;
+pub mod status;
+pub mod telemetry;

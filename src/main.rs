@@ -1,3 +1,82 @@
-fn main() {
-    print!("{}", regbridge::crd::crd_yaml());
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use regbridge::cli::{Cli, Command, RunArgs};
+use regbridge::controller::{self, Config};
+use regbridge::health::{self, Health};
+use regbridge::metrics::Metrics;
+use regbridge::{crd, leader, mint, telemetry};
+use tracing::info;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Crd => print!("{}", crd::crd_yaml()),
+        Command::Mint(args) => {
+            let composed = mint::mint(&args.config).await?;
+            if args.reveal {
+                println!("{}", String::from_utf8_lossy(&composed.dockerconfigjson));
+            } else {
+                print!("{}", mint::render_redacted(&composed));
+            }
+        }
+        Command::Run(args) => {
+            telemetry::init(cli.log_format);
+            run(args).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    let health = Arc::new(Health::default());
+    let metrics = Arc::new(Metrics::default());
+    let instance = args
+        .instance
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "regbridge".into());
+    let server = tokio::spawn(health::serve(args.metrics_addr, health.clone(), metrics.clone()));
+    let config = Config {
+        namespace: args.namespace.clone(),
+        write_concurrency: args.write_concurrency,
+        instance: instance.clone(),
+    };
+    let work = || controller::run(client.clone(), config.clone(), health.clone(), metrics.clone(), shutdown_signal());
+    if args.leader_election {
+        // A standby never runs the controller, so it watches for SIGTERM here.
+        tokio::select! {
+            r = leader::while_leader(client.clone(), &args.namespace, &args.lease_name, &instance, work) => r?,
+            _ = shutdown_signal() => {}
+        }
+    } else {
+        work().await;
+    }
+    server.abort();
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM (the kubelet) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
 }

@@ -52,6 +52,17 @@ impl Selection {
         })
     }
 
+    /// Selects nothing: what a resource that is being deleted with an
+    /// unparseable spec is planned with.
+    pub fn nothing() -> Self {
+        Self {
+            labels: None,
+            include: Some(GlobSet::empty()),
+            exclude: GlobSet::empty(),
+            service_accounts: GlobSet::empty(),
+        }
+    }
+
     /// Whether the namespace gets the Secret. Terminating namespaces reject
     /// new objects, so they are never selected.
     pub fn selects_namespace(&self, ns: &Namespace) -> bool {

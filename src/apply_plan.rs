@@ -1,0 +1,218 @@
+//! The thin I/O layer under the planner: executes a [`Plan`] with bounded
+//! concurrency, checks ownership before every write, and retries the one
+//! write that races other writers (the ServiceAccount list) from fresh state.
+
+use futures::{FutureExt, StreamExt, stream};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Api, Client, ResourceExt};
+use tracing::{debug, warn};
+
+use crate::distribute::{Plan, SecretWrite, ServiceAccountWrite, desired_copy};
+use crate::labels::{FIELD_MANAGER, RESOURCE};
+use crate::metrics::Metrics;
+use crate::serviceaccount_patch::{add_reference, added_by_us, remove_reference};
+
+/// How many times a ServiceAccount patch is recomputed after another writer
+/// got in first.
+pub const SA_PATCH_ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{verb} Secret {namespace}/{name}: {source}")]
+    Secret {
+        verb: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("patch ServiceAccount {namespace}/{name}: {source}")]
+    ServiceAccount {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("patch ServiceAccount {namespace}/{name}: still contended after {SA_PATCH_ATTEMPTS} attempts")]
+    Contended { namespace: String, name: String },
+}
+
+impl WriteError {
+    pub fn namespace(&self) -> &str {
+        match self {
+            Self::Secret { namespace, .. } | Self::ServiceAccount { namespace, .. } | Self::Contended { namespace, .. } => {
+                namespace
+            }
+        }
+    }
+}
+
+/// What executing a plan found besides success.
+#[derive(Default, Debug)]
+pub struct Outcome {
+    /// Namespaces where create met a Secret regbridge does not manage.
+    pub foreign: Vec<String>,
+    pub errors: Vec<WriteError>,
+}
+
+pub struct Writer<'a> {
+    pub client: &'a Client,
+    pub metrics: &'a Metrics,
+    pub resource: &'a str,
+    pub secret_name: &'a str,
+    pub payload: Option<&'a [u8]>,
+    pub concurrency: usize,
+}
+
+enum Done {
+    Ok,
+    Foreign(String),
+    Err(WriteError),
+}
+
+fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+impl Writer<'_> {
+    pub async fn execute(&self, plan: Plan) -> Outcome {
+        // Secrets come first in the queue, so references rarely precede the
+        // Secret they name (kubelet retries either way).
+        let mut jobs: Vec<futures::future::BoxFuture<'_, Done>> = Vec::new();
+        for w in plan.secrets {
+            jobs.push(self.secret(w).boxed());
+        }
+        for w in plan.service_accounts {
+            jobs.push(self.service_account(w).boxed());
+        }
+        let results: Vec<Done> = stream::iter(jobs).buffer_unordered(self.concurrency.max(1)).collect().await;
+        let mut out = Outcome::default();
+        for r in results {
+            match r {
+                Done::Ok => {}
+                Done::Foreign(ns) => out.foreign.push(ns),
+                Done::Err(e) => out.errors.push(e),
+            }
+        }
+        out
+    }
+
+    async fn secret(&self, write: SecretWrite) -> Done {
+        let (verb, namespace, name) = match &write {
+            SecretWrite::Create { namespace } => ("create", namespace.clone(), self.secret_name.to_string()),
+            SecretWrite::Update { namespace, .. } => ("update", namespace.clone(), self.secret_name.to_string()),
+            SecretWrite::Delete { namespace, name, .. } => ("delete", namespace.clone(), name.clone()),
+        };
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let result = match write {
+            SecretWrite::Create { .. } => {
+                let payload = self.payload.unwrap_or_default();
+                api.create(&pp, &desired_copy(self.resource, self.secret_name, &namespace, payload))
+                    .await
+                    .map(|_| ())
+            }
+            SecretWrite::Update { resource_version, .. } => {
+                let mut s = desired_copy(self.resource, self.secret_name, &namespace, self.payload.unwrap_or_default());
+                s.metadata.resource_version = Some(resource_version);
+                api.replace(&name, &pp, &s).await.map(|_| ())
+            }
+            SecretWrite::Delete { resource_version, .. } => {
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        resource_version: Some(resource_version),
+                        uid: None,
+                    }),
+                    ..Default::default()
+                };
+                api.delete(&name, &dp).await.map(|_| ())
+            }
+        };
+        self.metrics.write("secrets", verb, result.is_ok());
+        match result {
+            Ok(()) => Done::Ok,
+            // The namespace is gone or terminating: nothing to do there.
+            Err(e) if matches!(status_code(&e), Some(403 | 404)) && verb != "update" => {
+                debug!(namespace, verb, "namespace unavailable, skipped");
+                Done::Ok
+            }
+            Err(e) if verb == "create" && status_code(&e) == Some(409) => match api.get_opt(&name).await {
+                Ok(Some(existing)) if existing.labels().get(RESOURCE).map(String::as_str) != Some(self.resource) => {
+                    Done::Foreign(namespace)
+                }
+                // Ours after all (the cache lagged): the next reconcile compares it.
+                Ok(_) => Done::Ok,
+                Err(source) => Done::Err(WriteError::Secret {
+                    verb,
+                    namespace,
+                    name,
+                    source,
+                }),
+            },
+            Err(source) => Done::Err(WriteError::Secret {
+                verb,
+                namespace,
+                name,
+                source,
+            }),
+        }
+    }
+
+    async fn service_account(&self, write: ServiceAccountWrite) -> Done {
+        let ServiceAccountWrite { namespace, name, patch } = write;
+        let adding = patch_adds(&patch);
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
+        let pp = PatchParams::apply(FIELD_MANAGER);
+        let mut patch = patch;
+        for _ in 0..SA_PATCH_ATTEMPTS {
+            let result = api.patch(&name, &pp, &Patch::<()>::Json(patch.clone())).await;
+            self.metrics.write("serviceaccounts", "patch", result.is_ok());
+            match result {
+                Ok(_) => return Done::Ok,
+                Err(e) if status_code(&e) == Some(404) => return Done::Ok,
+                // 422: a `test` op failed, another writer changed the list.
+                // 409: a conflict. Either way: re-read and recompute.
+                Err(e) if matches!(status_code(&e), Some(409 | 422)) => {
+                    let fresh = match api.get_opt(&name).await {
+                        Ok(Some(sa)) => sa,
+                        Ok(None) => return Done::Ok,
+                        Err(source) => return Done::Err(WriteError::ServiceAccount { namespace, name, source }),
+                    };
+                    let next = if adding {
+                        add_reference(&fresh, self.secret_name)
+                    } else if added_by_us(&fresh).contains(&self.secret_name) {
+                        remove_reference(&fresh, self.secret_name)
+                    } else {
+                        None
+                    };
+                    match next {
+                        Some(p) => {
+                            debug!(namespace, name, "ServiceAccount changed underneath, retrying");
+                            patch = p;
+                        }
+                        None => return Done::Ok,
+                    }
+                }
+                Err(source) => {
+                    warn!(namespace, name, error = %source, "ServiceAccount patch failed");
+                    return Done::Err(WriteError::ServiceAccount { namespace, name, source });
+                }
+            }
+        }
+        Done::Err(WriteError::Contended { namespace, name })
+    }
+}
+
+/// Whether the patch adds the reference (as opposed to removing it).
+fn patch_adds(patch: &json_patch::Patch) -> bool {
+    patch.0.iter().any(|op| {
+        matches!(op, json_patch::PatchOperation::Add(a) if a.path.as_str().starts_with("/imagePullSecrets"))
+    })
+}

@@ -1,0 +1,97 @@
+//! The command line. Every flag can also be set from a `REGBRIDGE_*`
+//! environment variable, which is how the Helm chart configures it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "regbridge",
+    version,
+    about = "Keeps registry pull credentials fresh and distributes them to namespaces and ServiceAccounts",
+    long_about = "regbridge mints short-lived registry credentials (ECR, GAR/GCR, Harbor robots, static \
+                  accounts), composes them into one dockerconfigjson Secret per ClusterPullSecret, and \
+                  distributes that Secret to the selected namespaces and ServiceAccounts."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "REGBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller (in-cluster config, or KUBECONFIG outside a cluster).
+    Run(RunArgs),
+    /// Print the ClusterPullSecret CRD as YAML.
+    Crd,
+    /// Mint and compose credentials locally, without a cluster, and print
+    /// them redacted.
+    Mint(MintArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Namespace where source Secrets are read and composed Secrets written.
+    #[arg(long, env = "REGBRIDGE_NAMESPACE", default_value = "regbridge")]
+    pub namespace: String,
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "REGBRIDGE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease, so only one replica writes.
+    #[arg(long, env = "REGBRIDGE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the leader election Lease (in --namespace).
+    #[arg(long, env = "REGBRIDGE_LEASE_NAME", default_value = "regbridge-leader")]
+    pub lease_name: String,
+    /// Concurrent API writes per reconcile.
+    #[arg(long, env = "REGBRIDGE_WRITE_CONCURRENCY", default_value_t = 32)]
+    pub write_concurrency: usize,
+    /// This replica's identity in the Lease and in Events. Default: the pod's
+    /// hostname.
+    #[arg(long, env = "REGBRIDGE_INSTANCE")]
+    pub instance: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MintArgs {
+    /// YAML file with a `credentials:` list, as in a ClusterPullSecret spec.
+    #[arg(long, env = "REGBRIDGE_MINT_CONFIG")]
+    pub config: PathBuf,
+    /// Print only the raw dockerconfigjson, unredacted, for piping.
+    #[arg(long)]
+    pub reveal: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults_match_the_documentation() {
+        let cli = Cli::try_parse_from(["regbridge", "run"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        assert_eq!(args.namespace, "regbridge");
+        assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:8080");
+        assert!(args.leader_election);
+        let cli = Cli::try_parse_from(["regbridge", "run", "--leader-election", "false"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        assert!(!args.leader_election);
+    }
+}

@@ -1,0 +1,755 @@
+//! The distribution controller: watches, the reconcile of one
+//! `ClusterPullSecret`, and cleanup through a finalizer. Deciding lives in
+//! `distribute`, `compose` and `status`; this module reads caches, calls
+//! them, and hands their output to the writer.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use regbridge_providers::BuildContext;
+use regbridge_providers::spec::CredentialSpec;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::apply_plan::Writer;
+use crate::cluster_access::CachedCluster;
+use crate::compose::compose;
+use crate::credentials::{Credentials, as_entries};
+use crate::crd::{ClusterPullSecret, ClusterPullSecretStatus};
+use crate::distribute::{Claim, Desired, Plan, World, copy_labels, plan};
+use crate::health::Health;
+use crate::labels::{ADDED_ANNOTATION, EXCLUDE_ANNOTATION, FIELD_MANAGER, FINALIZER, RESOURCE, ROLE, ROLE_SOURCE, managed_selector};
+use crate::metrics::{Metrics, NamespaceLabels, RefreshLabels, ReconcileLabels, ResourceLabels};
+use crate::refresh::{backoff, parse_duration};
+use crate::selection::Selection;
+use crate::status::{self, Observation, Verdict};
+
+/// A namespace found to hold a foreign Secret is looked at again after this.
+const FOREIGN_RECHECK: Duration = Duration::from_secs(60);
+/// A safety net: every resource is reconciled at least this often.
+const RESYNC: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing status of {resource}: {source}")]
+    Status {
+        resource: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing source Secret {namespace}/{name}: {source}")]
+    Source {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{failed} writes failed, first: {first}")]
+    Writes { failed: usize, first: String },
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where source Secrets are read and composed Secrets written.
+    pub namespace: String,
+    /// Concurrent API writes per reconcile.
+    pub write_concurrency: usize,
+    /// This replica's name in Events.
+    pub instance: String,
+}
+
+/// The caches the planner reads.
+#[derive(Clone)]
+pub struct Stores {
+    pub resources: Store<ClusterPullSecret>,
+    pub namespaces: Store<Namespace>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub managed: Store<Secret>,
+    pub sources: Store<Secret>,
+}
+
+#[derive(Default)]
+struct ResourceState {
+    credentials: Credentials,
+    /// Namespaces where a Secret of our name is somebody else's, and when
+    /// that was last seen.
+    foreign: HashMap<String, Instant>,
+    reported_conflicts: BTreeSet<String>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub stores: Stores,
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
+    state: Mutex<HashMap<String, Arc<tokio::sync::Mutex<ResourceState>>>>,
+    failures: Mutex<HashMap<String, u32>>,
+    /// Tells every resource to reconcile (a deleted resource may hand
+    /// namespaces over to a younger one).
+    reconcile_all: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl Context {
+    fn state_of(&self, uid: &str) -> Arc<tokio::sync::Mutex<ResourceState>> {
+        self.state.lock().expect("state lock").entry(uid.to_owned()).or_default().clone()
+    }
+
+    async fn event(&self, cps: &ClusterPullSecret, type_: EventType, reason: &str, note: String) {
+        let ev = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &cps.object_ref(&())).await {
+            warn!(resource = %cps.name_any(), error = %e, "publishing Event failed");
+        }
+    }
+}
+
+fn created_key(cps: &ClusterPullSecret) -> (Option<Timestamp>, String) {
+    (cps.metadata.creation_timestamp.as_ref().map(|t| t.0), cps.name_any())
+}
+
+async fn write_status(ctx: &Context, cps: &ClusterPullSecret, status: ClusterPullSecretStatus) -> Result<(), Error> {
+    if cps.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<ClusterPullSecret> = Api::all(ctx.client.clone());
+    let body = serde_json::json!({ "status": status });
+    let result = api
+        .patch_status(&cps.name_any(), &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(&body))
+        .await;
+    ctx.metrics.write("clusterpullsecrets", "patch", result.is_ok());
+    result.map(|_| ()).map_err(|source| Error::Status {
+        resource: cps.name_any(),
+        source,
+    })
+}
+
+async fn reject(ctx: &Context, cps: &ClusterPullSecret, reason: &str, message: String) -> Result<Action, Error> {
+    warn!(resource = %cps.name_any(), reason, %message, "resource is invalid; nothing distributed is changed");
+    let status = status::invalid(cps.status.as_ref(), cps.metadata.generation, reason, message.clone(), Timestamp::now());
+    if cps.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY)).map(|c| c.reason.as_str())
+        != Some(reason)
+    {
+        ctx.event(cps, EventType::Warning, reason, message).await;
+    }
+    write_status(ctx, cps, status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// The composed Secret in the controller's namespace.
+async fn ensure_source(ctx: &Context, name: &str, payload: &[u8]) -> Result<bool, Error> {
+    let ns = &ctx.config.namespace;
+    let mut desired = crate::distribute::desired_copy(name, name, ns, payload);
+    let mut labels = copy_labels(name);
+    labels.insert(ROLE.into(), ROLE_SOURCE.into());
+    desired.metadata.labels = Some(labels.clone());
+    let cached = ctx.stores.managed.get(&ObjectRef::new(name).within(ns));
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let err = |source| Error::Source {
+        namespace: ns.clone(),
+        name: name.into(),
+        source,
+    };
+    match cached {
+        Some(s) if s.labels().get(RESOURCE).map(String::as_str) != Some(name) => Ok(false),
+        Some(s) if s.data == desired.data && s.labels() == &labels && s.type_ == desired.type_ => Ok(true),
+        Some(s) => {
+            desired.metadata.resource_version = s.resource_version();
+            let r = api.replace(name, &pp, &desired).await;
+            ctx.metrics.write("secrets", "update", r.is_ok());
+            r.map(|_| true).map_err(err)
+        }
+        None => match api.create(&pp, &desired).await {
+            Ok(_) => {
+                ctx.metrics.write("secrets", "create", true);
+                Ok(true)
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                ctx.metrics.write("secrets", "create", false);
+                let existing = api.get_opt(name).await.map_err(err)?;
+                Ok(existing.is_some_and(|s| s.labels().get(RESOURCE).map(String::as_str) == Some(name)))
+            }
+            Err(e) => {
+                ctx.metrics.write("secrets", "create", false);
+                Err(err(e))
+            }
+        },
+    }
+}
+
+struct Snapshot {
+    namespaces: Vec<Arc<Namespace>>,
+    service_accounts: HashMap<String, Vec<Arc<ServiceAccount>>>,
+    managed: HashMap<(String, String), Arc<Secret>>,
+}
+
+fn snapshot(stores: &Stores) -> Snapshot {
+    let mut service_accounts: HashMap<String, Vec<Arc<ServiceAccount>>> = HashMap::new();
+    for sa in stores.service_accounts.state() {
+        service_accounts.entry(sa.namespace().unwrap_or_default()).or_default().push(sa);
+    }
+    let mut namespaces = stores.namespaces.state();
+    namespaces.sort_by_key(|n| n.name_any());
+    Snapshot {
+        namespaces,
+        service_accounts,
+        managed: stores
+            .managed
+            .state()
+            .into_iter()
+            .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s))
+            .collect(),
+    }
+}
+
+/// Every other live resource's claim, with selections compiled.
+fn rival_selections(ctx: &Context, me: &ClusterPullSecret) -> Vec<(String, String, Selection, bool)> {
+    let mine = created_key(me);
+    ctx.stores
+        .resources
+        .state()
+        .iter()
+        .filter(|o| o.uid() != me.uid() && o.metadata.deletion_timestamp.is_none())
+        .filter_map(|o| {
+            let sel = Selection::compile(&o.spec).ok()?;
+            Some((o.name_any(), o.secret_name(), sel, created_key(o) < mine))
+        })
+        .collect()
+}
+
+async fn execute(ctx: &Context, cps: &ClusterPullSecret, selection: &Selection, payload: Option<&[u8]>, foreign: &[String]) -> (Plan, crate::apply_plan::Outcome) {
+    let name = cps.name_any();
+    let secret_name = cps.secret_name();
+    let rivals = rival_selections(ctx, cps);
+    let claims: Vec<Claim<'_>> = rivals
+        .iter()
+        .map(|(resource, secret_name, selection, older)| Claim {
+            resource,
+            secret_name,
+            selection,
+            older: *older,
+        })
+        .collect();
+    let snap = snapshot(&ctx.stores);
+    let world = World {
+        namespaces: &snap.namespaces,
+        service_accounts: &snap.service_accounts,
+        managed: &snap.managed,
+        controller_namespace: &ctx.config.namespace,
+        foreign,
+    };
+    let desired = Desired {
+        resource: &name,
+        secret_name: &secret_name,
+        selection,
+        payload,
+    };
+    let the_plan = plan(&desired, &claims, &world);
+    let summary = Plan {
+        secrets: Vec::new(),
+        service_accounts: Vec::new(),
+        selected: the_plan.selected.clone(),
+        conflicts: the_plan.conflicts.clone(),
+    };
+    let writer = Writer {
+        client: &ctx.client,
+        metrics: &ctx.metrics,
+        resource: &name,
+        secret_name: &secret_name,
+        payload,
+        concurrency: ctx.config.write_concurrency,
+    };
+    let outcome = writer.execute(the_plan).await;
+    (summary, outcome)
+}
+
+/// Drops foreign markers that are due a re-check and no longer hold.
+async fn recheck_foreign(ctx: &Context, secret_name: &str, foreign: &mut HashMap<String, Instant>) {
+    let due: Vec<String> = foreign
+        .iter()
+        .filter(|(_, seen)| seen.elapsed() > FOREIGN_RECHECK)
+        .map(|(ns, _)| ns.clone())
+        .collect();
+    for ns in due {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        match api.get_metadata_opt(secret_name).await {
+            Ok(Some(_)) => {
+                foreign.insert(ns, Instant::now());
+            }
+            Ok(None) => {
+                foreign.remove(&ns);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Error> {
+    let name = cps.name_any();
+    let started = Instant::now();
+    let selection = match Selection::compile(&cps.spec) {
+        Ok(s) => s,
+        Err(e) => return reject(ctx, &cps, "InvalidSelector", e.to_string()).await,
+    };
+    let refresh_before = match cps.spec.refresh_before.as_deref().map(parse_duration).transpose() {
+        Ok(d) => d,
+        Err(e) => return reject(ctx, &cps, "InvalidRefreshBefore", e.to_string()).await,
+    };
+    if let Some(i) = cps
+        .spec
+        .credentials
+        .iter()
+        .position(|c| matches!(c, CredentialSpec::Static(s) if s.file.is_some()))
+    {
+        return reject(
+            ctx,
+            &cps,
+            "FileNotSupported",
+            format!("credentials[{i}].static.file is only read by `regbridge mint`; use secretRef"),
+        )
+        .await;
+    }
+    let state = ctx.state_of(&cps.uid().unwrap_or_default());
+    let mut state = state.lock().await;
+    if let Err((i, e)) = state.credentials.update_specs(&cps.spec.credentials, &BuildContext::new(&name)) {
+        return reject(ctx, &cps, "InvalidCredentials", format!("credentials[{i}]: {e}")).await;
+    }
+    let cluster = CachedCluster {
+        client: ctx.client.clone(),
+        sources: ctx.stores.sources.clone(),
+        namespace: ctx.config.namespace.clone(),
+    };
+    let now = Utc::now();
+    let attempts = state
+        .credentials
+        .refresh_due(&cluster, now, refresh_before, &mut || rand_jitter())
+        .await;
+    for a in &attempts {
+        let labels = RefreshLabels {
+            resource: name.clone(),
+            provider: a.provider,
+            result: if a.ok { "ok" } else { "error" },
+        };
+        ctx.metrics.refreshes.get_or_create(&labels).inc();
+        ctx.metrics.refresh_duration.get_or_create(&labels).observe(a.elapsed.as_secs_f64());
+        if a.clamped_expiry {
+            warn!(resource = %name, provider = a.provider, "provider reported an expiry in the past or too near; clamped");
+        }
+    }
+    let reports = state.credentials.reports(now);
+    if let Some(bad) = reports.iter().find(|r| r.invalid) {
+        let message = format!(
+            "credentials[{}] ({}): {}",
+            bad.index,
+            bad.provider,
+            bad.last_error.as_deref().unwrap_or("invalid")
+        );
+        let reason = "CredentialsInvalid";
+        reject(ctx, &cps, reason, message).await?;
+        let wait = state.credentials.next_wakeup().map(|at| (at - now).to_std().unwrap_or_default());
+        return Ok(Action::requeue(wait.unwrap_or(RESYNC)));
+    }
+    let current = state.credentials.current(now);
+    let composed = compose(&as_entries(&current));
+    let failing: Vec<String> = reports
+        .iter()
+        .filter_map(|r| r.last_error.as_ref().map(|e| format!("credentials[{}] ({}): {e}", r.index, r.provider)))
+        .collect();
+    let credentials_verdict = if failing.is_empty() {
+        Verdict::ok("Minted", format!("{} registries", composed.hosts.len()))
+    } else {
+        Verdict::fail("RefreshFailing", failing.join("; "))
+    };
+    if !failing.is_empty() {
+        ctx.event(&cps, EventType::Warning, "RefreshFailed", failing.join("; ")).await;
+    }
+    for h in &composed.hosts {
+        if let Some(exp) = h.expires_at {
+            ctx.metrics
+                .credential_expiry
+                .get_or_create(&crate::metrics::CredentialLabels {
+                    resource: name.clone(),
+                    registry: h.host.clone(),
+                    provider: h.provider,
+                })
+                .set(exp.timestamp() as f64);
+        }
+    }
+
+    if !ensure_source(ctx, &name, &composed.dockerconfigjson).await? {
+        return reject(
+            ctx,
+            &cps,
+            "SourceSecretConflict",
+            format!("Secret {}/{name} exists and is not managed by this resource", ctx.config.namespace),
+        )
+        .await;
+    }
+
+    recheck_foreign(ctx, &cps.secret_name(), &mut state.foreign).await;
+    let foreign: Vec<String> = state.foreign.keys().cloned().collect();
+    let (summary, outcome) = execute(ctx, &cps, &selection, Some(&composed.dockerconfigjson), &foreign).await;
+    for ns in &outcome.foreign {
+        state.foreign.insert(ns.clone(), Instant::now());
+    }
+    let mut conflicts: BTreeSet<String> = summary.conflicts.iter().cloned().collect();
+    conflicts.extend(outcome.foreign.iter().cloned());
+    let failed: BTreeSet<&str> = outcome.errors.iter().map(|e| e.namespace()).collect();
+    let selected = summary.selected.len() as u32;
+    let synced = summary
+        .selected
+        .iter()
+        .filter(|ns| !conflicts.contains(*ns) && !failed.contains(ns.as_str()))
+        .count() as u32;
+
+    let new_conflicts: Vec<&String> = conflicts.difference(&state.reported_conflicts).collect();
+    if !new_conflicts.is_empty() {
+        let shown: Vec<&str> = new_conflicts.iter().take(5).map(|s| s.as_str()).collect();
+        ctx.event(
+            &cps,
+            EventType::Warning,
+            "SecretConflict",
+            format!(
+                "Secret {} exists in {} namespace(s) and is not managed by this resource: {}{}",
+                cps.secret_name(),
+                new_conflicts.len(),
+                shown.join(", "),
+                if new_conflicts.len() > shown.len() { ", ..." } else { "" }
+            ),
+        )
+        .await;
+    }
+    state.reported_conflicts = conflicts.clone();
+    if let Some(first) = outcome.errors.first() {
+        ctx.event(
+            &cps,
+            EventType::Warning,
+            "DistributionFailed",
+            format!("{} writes failed, first: {first}", outcome.errors.len()),
+        )
+        .await;
+    }
+    let distributed = if !outcome.errors.is_empty() {
+        Verdict::fail("WritesFailed", format!("{} writes failed; retrying", outcome.errors.len()))
+    } else if !conflicts.is_empty() {
+        Verdict::fail("Conflict", format!("{} namespace(s) hold a Secret named {} that this resource does not manage", conflicts.len(), cps.secret_name()))
+    } else {
+        Verdict::ok("Distributed", format!("{synced}/{selected} namespaces"))
+    };
+    for (state_name, value) in [("selected", selected), ("synced", synced), ("conflicting", conflicts.len() as u32)] {
+        ctx.metrics
+            .namespaces
+            .get_or_create(&NamespaceLabels {
+                resource: name.clone(),
+                state: state_name,
+            })
+            .set(value as i64);
+    }
+    let conflict_list: Vec<String> = conflicts.into_iter().collect();
+    let obs = Observation {
+        generation: cps.metadata.generation,
+        credentials: credentials_verdict,
+        distributed,
+        hosts: &composed.hosts,
+        entries: &reports,
+        selected,
+        synced,
+        conflicts: &conflict_list,
+        warnings: composed.warnings.clone(),
+    };
+    write_status(ctx, &cps, status::build(cps.status.as_ref(), &obs, Timestamp::now())).await?;
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&ResourceLabels { resource: name.clone() })
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(first) = outcome.errors.first() {
+        return Err(Error::Writes {
+            failed: outcome.errors.len(),
+            first: first.to_string(),
+        });
+    }
+    info!(resource = %name, selected, synced, hosts = composed.hosts.len(), "reconciled");
+    let wait = state
+        .credentials
+        .next_wakeup()
+        .map(|at| (at - Utc::now()).to_std().unwrap_or_default().min(RESYNC));
+    Ok(Action::requeue(wait.unwrap_or(RESYNC)))
+}
+
+fn rand_jitter() -> f64 {
+    // Sub-second clock noise is jitter enough to spread refreshes apart.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    (nanos as f64 / 1e9) * 2.0 - 1.0
+}
+
+async fn cleanup(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Error> {
+    let name = cps.name_any();
+    let selection = Selection::compile(&cps.spec).unwrap_or_else(|_| Selection::nothing());
+    let (_, outcome) = execute(ctx, &cps, &selection, None, &[]).await;
+    if let Some(first) = outcome.errors.first() {
+        return Err(Error::Writes {
+            failed: outcome.errors.len(),
+            first: first.to_string(),
+        });
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    if let Some(source) = ctx.stores.managed.get(&ObjectRef::new(&name).within(&ctx.config.namespace))
+        && source.labels().get(RESOURCE) == Some(&name)
+    {
+        match api.delete(&name, &Default::default()).await {
+            Ok(_) => ctx.metrics.write("secrets", "delete", true),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                ctx.metrics.write("secrets", "delete", false);
+                return Err(Error::Source {
+                    namespace: ctx.config.namespace.clone(),
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+    let uid = cps.uid().unwrap_or_default();
+    let state = ctx.state_of(&uid);
+    let cluster = CachedCluster {
+        client: ctx.client.clone(),
+        sources: ctx.stores.sources.clone(),
+        namespace: ctx.config.namespace.clone(),
+    };
+    for e in state.lock().await.credentials.cleanup(&cluster).await {
+        warn!(resource = %name, error = %e, "provider cleanup failed");
+        ctx.event(&cps, EventType::Warning, "CleanupFailed", e.to_string()).await;
+    }
+    ctx.state.lock().expect("state lock").remove(&uid);
+    let _ = ctx.reconcile_all.send(());
+    info!(resource = %name, "cleaned up");
+    Ok(Action::await_change())
+}
+
+pub async fn reconcile(cps: Arc<ClusterPullSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = cps.name_any();
+    let api: Api<ClusterPullSecret> = Api::all(ctx.client.clone());
+    let result = finalizer(&api, FINALIZER, cps, |event| async {
+        match event {
+            Finalizer::Apply(o) => apply(o, &ctx).await,
+            Finalizer::Cleanup(o) => cleanup(o, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(e.to_string()));
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels {
+            resource: name.clone(),
+            result: if result.is_ok() { "ok" } else { "error" },
+        })
+        .inc();
+    if result.is_ok() {
+        ctx.failures.lock().expect("failures lock").remove(&name);
+    }
+    result
+}
+
+/// Requeues a failing resource with its own exponential backoff, so one
+/// broken resource neither spins nor delays the others.
+pub fn error_policy(cps: Arc<ClusterPullSecret>, error: &Error, ctx: Arc<Context>) -> Action {
+    let name = cps.name_any();
+    let mut failures = ctx.failures.lock().expect("failures lock");
+    let n = failures.entry(name.clone()).or_default();
+    *n += 1;
+    warn!(resource = %name, error = %error, attempt = *n, "reconcile failed");
+    Action::requeue(backoff(*n))
+}
+
+/// A watch whose objects are trimmed to what the planner reads, whose
+/// errors are counted and reflected in readiness, and which backs off and
+/// recovers on its own (410 Gone included: the watcher relists).
+fn cached<K>(
+    name: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .modify(trim)
+        .map(move |event| {
+            match &event {
+                Ok(_) => health.watch_ok(name),
+                Err(e) => {
+                    health.watch_failed(name);
+                    metrics.watch_errors.get_or_create(&crate::metrics::WatchLabels { watch: name }).inc();
+                    warn!(watch = name, error = %e, "watch failed; retrying");
+                }
+            }
+            event
+        })
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
+fn keep_annotation<K: Resource>(obj: &mut K, keep: &str) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| k == keep);
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    config: Config,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let resources: Api<ClusterPullSecret> = Api::all(client.clone());
+    let (namespaces, ns_stream) = cached(
+        "namespaces",
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        health.clone(),
+        metrics.clone(),
+        |ns: &mut Namespace| {
+            keep_annotation(ns, EXCLUDE_ANNOTATION);
+            ns.spec = None;
+        },
+    );
+    let (service_accounts, sa_stream) = cached(
+        "serviceaccounts",
+        Api::<ServiceAccount>::all(client.clone()),
+        watcher::Config::default(),
+        health.clone(),
+        metrics.clone(),
+        |sa: &mut ServiceAccount| {
+            keep_annotation(sa, ADDED_ANNOTATION);
+            sa.secrets = None;
+        },
+    );
+    let (managed, managed_stream) = cached(
+        "managed-secrets",
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels(&managed_selector()),
+        health.clone(),
+        metrics.clone(),
+        |s: &mut Secret| s.metadata.managed_fields = None,
+    );
+    let (sources, sources_stream) = cached(
+        "source-secrets",
+        Api::<Secret>::namespaced(client.clone(), &config.namespace),
+        watcher::Config::default(),
+        health.clone(),
+        metrics.clone(),
+        |s: &mut Secret| s.metadata.managed_fields = None,
+    );
+    let (trigger_all, all_rx) = tokio::sync::mpsc::unbounded_channel();
+    let controller = Controller::new(resources, watcher::Config::default());
+    let stores = Stores {
+        resources: controller.store(),
+        namespaces,
+        service_accounts,
+        managed,
+        sources,
+    };
+    {
+        let stores = stores.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let ok = stores.resources.wait_until_ready().await.is_ok()
+                && stores.namespaces.wait_until_ready().await.is_ok()
+                && stores.service_accounts.wait_until_ready().await.is_ok()
+                && stores.managed.wait_until_ready().await.is_ok()
+                && stores.sources.wait_until_ready().await.is_ok();
+            health.set_synced(ok);
+            info!("caches synced");
+        });
+    }
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "regbridge".into(),
+            instance: Some(config.instance.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        config,
+        stores: stores.clone(),
+        metrics,
+        recorder,
+        state: Mutex::default(),
+        failures: Mutex::default(),
+        reconcile_all: trigger_all,
+    });
+    let by_label = {
+        let store = stores.resources.clone();
+        move |s: Secret| {
+            let owner = s.labels().get(RESOURCE).cloned();
+            let name = s.name_any();
+            store
+                .state()
+                .iter()
+                .filter(|o| Some(o.name_any()) == owner || o.secret_name() == name)
+                .map(|o| ObjectRef::from_obj(&**o))
+                .collect::<Vec<_>>()
+        }
+    };
+    controller
+        .watches_stream(ns_stream, all(stores.resources.clone()))
+        .watches_stream(sa_stream, all(stores.resources.clone()))
+        .watches_stream(managed_stream, by_label)
+        .watches_stream(sources_stream, all(stores.resources.clone()))
+        .reconcile_all_on(tokio_stream_from(all_rx))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// Maps any event to every resource: a namespace or ServiceAccount change
+/// can select or deselect for any of them, and a reconcile that finds
+/// nothing to do writes nothing.
+fn all<T>(store: Store<ClusterPullSecret>) -> impl Fn(T) -> Vec<ObjectRef<ClusterPullSecret>> + Send + Sync + 'static {
+    move |_| store.state().iter().map(|o| ObjectRef::from_obj(&**o)).collect()
+}
+
+fn tokio_stream_from(mut rx: tokio::sync::mpsc::UnboundedReceiver<()>) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

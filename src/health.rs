@@ -1,0 +1,118 @@
+//! Probes and metrics over HTTP. Readiness reflects the caches: false until
+//! every watch has synced, and false again while any watch has been failing
+//! for longer than [`STUCK_AFTER`], so a silently stuck controller shows.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+pub const STUCK_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+pub struct Health {
+    synced: AtomicBool,
+    /// Since when each failing watch has been failing.
+    failing: Mutex<HashMap<&'static str, Instant>>,
+}
+
+impl Health {
+    pub fn set_synced(&self, synced: bool) {
+        self.synced.store(synced, Ordering::SeqCst);
+    }
+
+    pub fn watch_failed(&self, watch: &'static str) {
+        self.failing.lock().expect("health lock").entry(watch).or_insert_with(Instant::now);
+    }
+
+    pub fn watch_ok(&self, watch: &'static str) {
+        self.failing.lock().expect("health lock").remove(watch);
+    }
+
+    /// `Err` names why the process is not ready.
+    pub fn ready(&self, now: Instant) -> Result<(), String> {
+        if !self.synced.load(Ordering::SeqCst) {
+            return Err("caches not synced".into());
+        }
+        let failing = self.failing.lock().expect("health lock");
+        let mut stuck: Vec<&str> = failing
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) > STUCK_AFTER)
+            .map(|(w, _)| *w)
+            .collect();
+        stuck.sort();
+        if stuck.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("watches failing for over {}s: {}", STUCK_AFTER.as_secs(), stuck.join(", ")))
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(AppState { health, metrics })
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    match s.health.ready(Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.encode(),
+    )
+}
+
+pub async fn serve(addr: SocketAddr, health: Arc<Health>, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, router(health, metrics)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ready_until_synced() {
+        let h = Health::default();
+        assert!(h.ready(Instant::now()).is_err());
+        h.set_synced(true);
+        assert!(h.ready(Instant::now()).is_ok());
+    }
+
+    #[test]
+    fn a_watch_failing_for_over_a_minute_makes_it_unready() {
+        let h = Health::default();
+        h.set_synced(true);
+        h.watch_failed("namespaces");
+        let now = Instant::now();
+        assert!(h.ready(now).is_ok(), "a brief failure is tolerated");
+        let err = h.ready(now + STUCK_AFTER + Duration::from_secs(1)).unwrap_err();
+        assert!(err.contains("namespaces"));
+        h.watch_ok("namespaces");
+        assert!(h.ready(now + STUCK_AFTER * 2).is_ok(), "recovery clears it");
+    }
+}

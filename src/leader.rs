@@ -1,0 +1,58 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease: only the holder
+//! runs the controller (and so writes anything, status included); a standby
+//! serves probes and metrics and waits.
+
+use std::future::Future;
+
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{info, warn};
+
+use crate::labels::FIELD_MANAGER;
+
+/// Seconds a Lease stays valid after its last renewal.
+pub const LEASE_SECONDS: u64 = 15;
+/// Renew this long before the Lease would expire.
+pub const LEASE_GRACE: u64 = 5;
+
+/// Runs `work` while this replica holds the Lease. When leadership is lost,
+/// `work` is dropped (its writes stop) and the replica waits to lead again.
+pub async fn while_leader<F, Fut>(client: Client, namespace: &str, lease: &str, identity: &str, mut work: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let manager = LeaseManagerBuilder::new(client, lease)
+        .with_namespace(namespace)
+        .with_identity(identity)
+        .with_duration(LEASE_SECONDS)
+        .with_grace(LEASE_GRACE)
+        .with_field_manager(FIELD_MANAGER)
+        .build()
+        .await?;
+    let (mut leading, task) = manager.watch().await;
+    loop {
+        while !*leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                return finish(task).await;
+            }
+        }
+        info!(identity, "acquired leadership");
+        let lost = async {
+            loop {
+                if leading.changed().await.is_err() || !*leading.borrow_and_update() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = work() => return finish(task).await,
+            _ = lost => warn!(identity, "lost leadership; stopping writes"),
+        }
+    }
+}
+
+async fn finish(task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>) -> anyhow::Result<()> {
+    task.abort();
+    Ok(())
+}

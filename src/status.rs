@@ -1,0 +1,189 @@
+//! Building status from what a reconcile saw and did. Pure, and careful to
+//! produce an equal value for an unchanged world, because a status write is
+//! itself a watch event: writing on every reconcile would loop.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::compose::ComposedHost;
+use crate::credentials::EntryReport;
+use crate::crd::{ClusterPullSecretStatus, NamespaceCounts, RegistryStatus};
+
+/// At most this many conflicting namespaces are listed.
+pub const MAX_LISTED_CONFLICTS: usize = 20;
+
+pub const READY: &str = "Ready";
+pub const CREDENTIALS_READY: &str = "CredentialsReady";
+pub const DISTRIBUTED: &str = "Distributed";
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// One condition's wanted state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub ok: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Verdict {
+    pub fn ok(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+    pub fn fail(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A condition that keeps its `lastTransitionTime` unless its status flips.
+pub fn condition(previous: &[Condition], type_: &str, v: &Verdict, generation: Option<i64>, now: Timestamp) -> Condition {
+    let status = if v.ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: v.reason.clone(),
+        message: v.message.clone(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Everything a reconcile decided, for status.
+pub struct Observation<'a> {
+    pub generation: Option<i64>,
+    pub credentials: Verdict,
+    pub distributed: Verdict,
+    pub hosts: &'a [ComposedHost],
+    pub entries: &'a [EntryReport],
+    pub selected: u32,
+    pub synced: u32,
+    pub conflicts: &'a [String],
+    pub warnings: Vec<String>,
+}
+
+pub fn build(previous: Option<&ClusterPullSecretStatus>, obs: &Observation<'_>, now: Timestamp) -> ClusterPullSecretStatus {
+    let prev_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    let ready = if !obs.credentials.ok {
+        obs.credentials.clone()
+    } else if !obs.distributed.ok {
+        obs.distributed.clone()
+    } else {
+        Verdict::ok("Ready", "credentials are current and distributed")
+    };
+    let conditions = vec![
+        condition(prev_conditions, READY, &ready, obs.generation, now),
+        condition(prev_conditions, CREDENTIALS_READY, &obs.credentials, obs.generation, now),
+        condition(prev_conditions, DISTRIBUTED, &obs.distributed, obs.generation, now),
+    ];
+    let registries: Vec<RegistryStatus> = obs
+        .hosts
+        .iter()
+        .map(|h| {
+            let entry = obs.entries.iter().find(|e| e.provider == h.provider);
+            RegistryStatus {
+                host: h.host.clone(),
+                provider: h.provider.into(),
+                expires_at: h.expires_at.map(rfc3339),
+                last_refresh_time: entry.and_then(|e| e.refreshed_at).map(rfc3339),
+                last_error: entry.and_then(|e| e.last_error.clone()),
+            }
+        })
+        .collect();
+    let earliest_expiry = obs.hosts.iter().filter_map(|h| h.expires_at).min().map(rfc3339);
+    let mut conflicts: Vec<String> = obs.conflicts.to_vec();
+    conflicts.sort();
+    conflicts.truncate(MAX_LISTED_CONFLICTS);
+    ClusterPullSecretStatus {
+        observed_generation: obs.generation,
+        conditions,
+        registries,
+        earliest_expiry,
+        namespaces: NamespaceCounts {
+            selected: obs.selected,
+            synced: obs.synced,
+            conflicting: obs.conflicts.len() as u32,
+            summary: format!("{}/{}", obs.synced, obs.selected),
+        },
+        conflicts,
+        warnings: obs.warnings.clone(),
+    }
+}
+
+/// A status for a resource whose spec cannot be acted on: the previous
+/// distribution facts are kept, the conditions say why.
+pub fn invalid(previous: Option<&ClusterPullSecretStatus>, generation: Option<i64>, reason: &str, message: String, now: Timestamp) -> ClusterPullSecretStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    let verdict = Verdict::fail(reason, message);
+    let prev = status.conditions.clone();
+    status.observed_generation = generation;
+    status.conditions = vec![
+        condition(&prev, READY, &verdict, generation, now),
+        condition(&prev, CREDENTIALS_READY, &verdict, generation, now),
+        prev.iter()
+            .find(|c| c.type_ == DISTRIBUTED)
+            .cloned()
+            .unwrap_or_else(|| condition(&prev, DISTRIBUTED, &Verdict::fail("NotAttempted", "the resource is invalid"), generation, now)),
+    ];
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs<'a>(conflicts: &'a [String]) -> Observation<'a> {
+        Observation {
+            generation: Some(3),
+            credentials: Verdict::ok("Minted", "1 registry"),
+            distributed: Verdict::ok("Distributed", "2/2 namespaces"),
+            hosts: &[],
+            entries: &[],
+            selected: 2,
+            synced: 2,
+            conflicts,
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn unchanged_observation_gives_an_equal_status() {
+        let first = build(None, &obs(&[]), Timestamp::UNIX_EPOCH);
+        let later = Timestamp::UNIX_EPOCH.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(600)).unwrap();
+        let second = build(Some(&first), &obs(&[]), later);
+        assert_eq!(first, second, "no status write when nothing changed");
+    }
+
+    #[test]
+    fn conflicts_are_counted_in_full_but_listed_capped() {
+        let many: Vec<String> = (0..50).map(|i| format!("ns-{i:02}")).collect();
+        let s = build(None, &obs(&many), Timestamp::UNIX_EPOCH);
+        assert_eq!(s.namespaces.conflicting, 50);
+        assert_eq!(s.conflicts.len(), MAX_LISTED_CONFLICTS);
+        assert_eq!(s.namespaces.summary, "2/2");
+    }
+
+    #[test]
+    fn invalid_spec_keeps_distribution_counts_and_sets_ready_false() {
+        let good = build(None, &obs(&[]), Timestamp::UNIX_EPOCH);
+        let bad = invalid(Some(&good), Some(4), "InvalidSelector", "namespaces.include: bad glob".into(), Timestamp::UNIX_EPOCH);
+        assert_eq!(bad.namespaces, good.namespaces);
+        let ready = bad.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSelector"));
+    }
+}

@@ -1,0 +1,62 @@
+//! The checked-in CRD and examples stay true to the code.
+
+use std::path::{Path, PathBuf};
+
+use regbridge::crd::{ClusterPullSecret, crd_yaml};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn checked_in_crd_is_identical_to_regbridge_crd() {
+    let path = repo().join("deploy/crds/clusterpullsecret.yaml");
+    let on_disk = std::fs::read_to_string(&path).expect("deploy/crds/clusterpullsecret.yaml exists");
+    assert!(
+        on_disk == crd_yaml(),
+        "{} is stale: regenerate it with `cargo run -- crd > {}`",
+        path.display(),
+        path.display()
+    );
+}
+
+fn example_resources(dir: &Path) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+            if value.get("kind").and_then(|k| k.as_str()) == Some("ClusterPullSecret") {
+                out.push((path.display().to_string(), value));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_example_resource_parses_as_a_cluster_pull_secret() {
+    let found = example_resources(&repo().join("deploy/examples"));
+    assert!(found.len() >= 3, "examples exist: {}", found.len());
+    for (path, value) in found {
+        let parsed: Result<ClusterPullSecret, _> = serde_json::from_value(value);
+        assert!(parsed.is_ok(), "{path}: {:?}", parsed.err());
+        let cps = parsed.unwrap();
+        assert!(regbridge::selection::Selection::compile(&cps.spec).is_ok(), "{path}: selection compiles");
+    }
+}
+
+#[tokio::test]
+async fn readme_mint_command_works_on_the_shipped_example() {
+    let composed = regbridge::mint::mint(&repo().join("deploy/examples/mint-static.yaml"))
+        .await
+        .expect("the README's first command succeeds");
+    assert_eq!(composed.hosts.len(), 2);
+    let report = regbridge::mint::render_redacted(&composed);
+    assert!(!report.contains("example-password-not-real"));
+    assert!(!report.contains("not-a-real-secret"));
+}
