@@ -83,15 +83,13 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 => {
-                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(v) => {
+                    out.push(v);
+                    i += 2;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;
@@ -1275,7 +1273,7 @@ async fn run_watch(sh: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>) {
                     continue;
                 }
                 let now_in = matches(&e.obj);
-                let was_in = e.prev.as_ref().is_some_and(|p| matches(p));
+                let was_in = e.prev.as_ref().is_some_and(&matches);
                 let ty = match e.kind {
                     EventType::Added if now_in => "ADDED",
                     EventType::Deleted if was_in || now_in => "DELETED",
@@ -1316,7 +1314,9 @@ async fn run_watch(sh: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>) {
                 if cur > start_rv && tx.send(line(&bookmark(cur, false))).await.is_err() {
                     return;
                 }
-                next_bookmark = next_bookmark.map(|b| b + Duration::from_secs(1));
+                next_bookmark = next_bookmark
+                    .map(|b| b + Duration::from_secs(1))
+                    .filter(|b| deadline.is_some_and(|d| *b + Duration::from_millis(500) < d));
             }
             _ = tx.closed() => return,
         }

@@ -6,12 +6,13 @@
 //! # async fn demo() {
 //! use regbridge_standin::{Fault, Resource, StandIn};
 //! let server = StandIn::start().await;
-//! let config = kube::Config::new(server.url().parse().unwrap());
+//! // In the controller's tests (kube is not a dependency of this crate):
+//! // let config = kube::Config::new(server.url().parse().unwrap());
 //! // let client = kube::Client::try_from(config).unwrap();
 //! server.inject_fault(Fault::new("/secrets", 500).times(1));
 //! let secret = server.get(&Resource::SECRETS, Some("default"), "pull");
 //! let writes = server.requests().iter().filter(|r| r.method != "GET").count();
-//! # let _ = (config, secret, writes);
+//! # let _ = (secret, writes);
 //! # }
 //! ```
 //!
@@ -387,5 +388,132 @@ impl StandIn {
     /// on a server without a namespace controller.
     pub fn terminate_namespace(&self, name: &str) -> Result<Value, DirectError> {
         self.delete(&Resource::NAMESPACES, None, name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn secret(name: &str, labels: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "labels": labels}, "type": "Opaque"})
+    }
+
+    #[tokio::test]
+    async fn no_op_update_keeps_resource_version() {
+        let s = StandIn::start().await;
+        let created = s
+            .create(
+                &Resource::SECRETS,
+                Some("default"),
+                secret("a", json!({"x": "1"})),
+            )
+            .expect("create");
+        let again = s
+            .update(&Resource::SECRETS, Some("default"), created.clone())
+            .expect("update");
+        assert_eq!(
+            created["metadata"]["resourceVersion"],
+            again["metadata"]["resourceVersion"]
+        );
+    }
+
+    #[tokio::test]
+    async fn create_in_terminating_namespace_is_forbidden() {
+        let s = StandIn::start().await;
+        s.create(
+            &Resource::NAMESPACES,
+            None,
+            json!({"metadata": {"name": "doomed"}}),
+        )
+        .expect("ns");
+        s.terminate_namespace("doomed").expect("terminate");
+        let err = s
+            .create(&Resource::SECRETS, Some("doomed"), secret("a", json!({})))
+            .expect_err("forbidden");
+        assert_eq!(err.code, 403);
+        assert_eq!(
+            err.status["details"]["causes"][0]["reason"],
+            "NamespaceTerminating"
+        );
+    }
+
+    #[tokio::test]
+    async fn removing_last_finalizer_deletes_the_object() {
+        let s = StandIn::start().await;
+        let mut obj = secret("f", json!({}));
+        obj["metadata"]["finalizers"] = json!(["regbridge.dev/cleanup"]);
+        s.create(&Resource::SECRETS, Some("default"), obj)
+            .expect("create");
+        let deleting = s
+            .delete(&Resource::SECRETS, Some("default"), "f")
+            .expect("delete");
+        assert!(deleting["metadata"]["deletionTimestamp"].is_string());
+        let mut current = s
+            .get(&Resource::SECRETS, Some("default"), "f")
+            .expect("still there");
+        current["metadata"]["finalizers"] = json!([]);
+        s.update(&Resource::SECRETS, Some("default"), current)
+            .expect("update");
+        assert!(s.get(&Resource::SECRETS, Some("default"), "f").is_none());
+    }
+
+    #[test]
+    fn label_selector_notin_matches_missing_key() {
+        let sel = selector::LabelSelector::parse("env notin (prod)").expect("parse");
+        assert!(sel.matches(&json!({"metadata": {}})));
+        assert!(!sel.matches(&json!({"metadata": {"labels": {"env": "prod"}}})));
+        assert!(selector::LabelSelector::parse("env in (prod").is_err());
+    }
+
+    #[test]
+    fn json_patch_test_null_succeeds_on_absent_field() {
+        let doc = json!({"metadata": {}});
+        let p = json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                       {"op": "add", "path": "/metadata/finalizers", "value": ["x"]}]);
+        let out = patch::json_patch(&doc, &p).expect("patch");
+        assert_eq!(out["metadata"]["finalizers"], json!(["x"]));
+        let stale = json!([{"op": "add", "path": "/imagePullSecrets/-", "value": {"name": "a"}}]);
+        assert_eq!(patch::json_patch(&doc, &stale).expect_err("422").code, 422);
+    }
+
+    #[test]
+    fn apply_conflicts_on_atomic_list_owned_by_another_manager() {
+        let base =
+            json!({"kind": "ServiceAccount", "apiVersion": "v1", "metadata": {"name": "sa"}});
+        let a = fields::apply(
+            &base,
+            &json!({"metadata": {}, "imagePullSecrets": [{"name": "a"}]}),
+            "rec-a",
+            false,
+            "v1",
+            "",
+            "t",
+        )
+        .expect("first apply");
+        let conflict = fields::apply(
+            &a,
+            &json!({"metadata": {}, "imagePullSecrets": [{"name": "b"}]}),
+            "rec-b",
+            false,
+            "v1",
+            "",
+            "t",
+        )
+        .expect_err("conflict");
+        assert_eq!(fields::render(&conflict[0].path), ".imagePullSecrets");
+        let forced = fields::apply(
+            &a,
+            &json!({"metadata": {}, "imagePullSecrets": [{"name": "b"}]}),
+            "rec-b",
+            true,
+            "v1",
+            "",
+            "t",
+        )
+        .expect("force");
+        assert_eq!(forced["imagePullSecrets"], json!([{"name": "b"}]));
     }
 }

@@ -200,12 +200,10 @@ fn apply_create_defaults(ti: &TypeInfo, obj: &mut Value) {
                 .and_then(|v| v.get("name").cloned())
                 .unwrap_or(json!("v1"));
             obj["status"] = json!({"conditions": null, "acceptedNames": {"plural": "", "kind": ""}, "storedVersions": [storage]});
-            obj.as_object_mut()
-                .and_then(|m| m.get_mut("spec"))
-                .and_then(Value::as_object_mut)
-                .map(|s| {
-                    s.entry("conversion").or_insert(json!({"strategy": "None"}));
-                });
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.entry("conversion")
+                    .or_insert(json!({"strategy": "None"}));
+            }
         }
         _ => {}
     }
