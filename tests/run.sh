@@ -140,7 +140,16 @@ build_release() {
   cargo_ build --release --locked
 }
 
+STEPS=(check_fmt check_clippy run_tests build_release)
+
+# `tests/run.sh` runs every step; `tests/run.sh run_tests` only the named ones
+# (the peers are started either way).
 main() {
+  local steps=("$@") step
+  ((${#steps[@]})) || steps=("${STEPS[@]}")
+  for step in "${steps[@]}"; do
+    [[ " ${STEPS[*]} " == *" $step "* ]] || { echo "unknown step $step; steps: ${STEPS[*]}" >&2; exit 2; }
+  done
   cd "$ROOT"
   mkdir -p "$PEERS"
   trap stop_peers EXIT
@@ -148,11 +157,10 @@ main() {
   install_moto
   start_moto
   start_registry
-  check_fmt
-  check_clippy
-  run_tests
-  build_release
-  log "all checks passed"
+  for step in "${steps[@]}"; do
+    "$step"
+  done
+  log "passed: ${steps[*]}"
 }
 
 main "$@"

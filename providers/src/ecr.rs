@@ -170,10 +170,18 @@ impl Provider for EcrProvider {
     }
 }
 
-/// `aws-config`'s default chain, for one region.
+/// `aws-config`'s default chain, for one region, on the rustls+ring HTTPS
+/// client. Every AWS client here derives from this config, the default
+/// chain's own STS and IMDS clients included, so none needs the SDK's default
+/// client (which would compile in a second rustls crypto provider).
 pub(crate) async fn load_base_config(region: Region) -> SdkConfig {
+    use aws_smithy_http_client::tls::{Provider as Tls, rustls_provider::CryptoMode};
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(Tls::Rustls(CryptoMode::Ring))
+        .build_https();
     aws_config::defaults(BehaviorVersion::latest())
         .region(region)
+        .http_client(https)
         .load()
         .await
 }
