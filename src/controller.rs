@@ -692,8 +692,8 @@ pub async fn run(
         let stores = stores.clone();
         let health = health.clone();
         tokio::spawn(async move {
-            let ok = stores.resources.wait_until_ready().await.is_ok()
-                && stores.namespaces.wait_until_ready().await.is_ok()
+            // The controller's own store gates its runner by itself.
+            let ok = stores.namespaces.wait_until_ready().await.is_ok()
                 && stores.service_accounts.wait_until_ready().await.is_ok()
                 && stores.managed.wait_until_ready().await.is_ok()
                 && stores.sources.wait_until_ready().await.is_ok();

@@ -1,0 +1,182 @@
+//! A running controller against the in-process API stand-in, plus builders
+//! for the objects tests create. Shared by the controller and scale tests.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use kube::CustomResourceExt;
+use regbridge::controller::{self, Config};
+use regbridge::crd::ClusterPullSecret;
+use regbridge::health::Health;
+use regbridge::metrics::Metrics;
+use regbridge_standin::{Resource, StandIn};
+use serde_json::{Value, json};
+
+pub const CONTROLLER_NS: &str = "regbridge";
+pub const PASSWORD: &str = "hunter2-never-logged";
+
+pub struct Harness {
+    pub server: StandIn,
+    pub client: kube::Client,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Harness {
+    /// A stand-in with the CRD and the controller's namespace, and the
+    /// controller running against it.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(seed: impl FnOnce(&StandIn)) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+        let server = StandIn::start().await;
+        let crd = serde_json::to_value(ClusterPullSecret::crd()).unwrap();
+        server.create(&Resource::CRDS, None, crd).expect("CRD");
+        namespace(&server, CONTROLLER_NS, json!({}));
+        seed(&server);
+        let config = kube::Config::new(server.url().parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let health = Arc::new(Health::default());
+        let metrics = Arc::new(Metrics::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller::run(
+            client.clone(),
+            Config {
+                namespace: CONTROLLER_NS.into(),
+                write_concurrency: 32,
+                instance: "test".into(),
+            },
+            health.clone(),
+            metrics.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let h = Self {
+            server,
+            client,
+            health,
+            metrics,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        let health = h.health.clone();
+        wait_for("caches to sync", Duration::from_secs(10), || health.ready(Instant::now()).is_ok()).await;
+        h
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+
+    pub fn secret(&self, ns: &str, name: &str) -> Option<Value> {
+        self.server.get(&Resource::SECRETS, Some(ns), name)
+    }
+
+    pub fn pull_secrets(&self, ns: &str, sa: &str) -> Vec<String> {
+        self.server
+            .get(&Resource::SERVICE_ACCOUNTS, Some(ns), sa)
+            .and_then(|s| s.get("imagePullSecrets").cloned())
+            .and_then(|l| l.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e.get("name").and_then(Value::as_str).map(String::from))
+            .collect()
+    }
+
+    pub fn cps(&self, name: &str) -> Option<Value> {
+        self.server.get(&Resource::CLUSTER_PULL_SECRETS, None, name)
+    }
+
+    pub fn condition(&self, name: &str, type_: &str) -> Option<(String, String)> {
+        let cps = self.cps(name)?;
+        let conds = cps.pointer("/status/conditions")?.as_array()?.clone();
+        conds.iter().find(|c| c["type"] == type_).map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    }
+}
+
+/// Polls until `cond` holds, failing the test with `what` after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn namespace(server: &StandIn, name: &str, labels: Value) {
+    server
+        .create(
+            &Resource::NAMESPACES,
+            None,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}),
+        )
+        .expect("namespace");
+}
+
+/// A namespace plus its `default` ServiceAccount, as kube-controller-manager
+/// would add it.
+pub fn namespace_with_default_sa(server: &StandIn, name: &str, labels: Value) {
+    namespace(server, name, labels);
+    service_account(server, name, "default", &[]);
+}
+
+pub fn service_account(server: &StandIn, ns: &str, name: &str, pull_secrets: &[&str]) {
+    let mut sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}});
+    if !pull_secrets.is_empty() {
+        sa["imagePullSecrets"] = pull_secrets.iter().map(|n| json!({"name": n})).collect();
+    }
+    server.create(&Resource::SERVICE_ACCOUNTS, Some(ns), sa).expect("service account");
+}
+
+/// The Docker Hub account in the controller's namespace.
+pub fn dockerhub_secret(user: &str, password: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "dockerhub", "namespace": CONTROLLER_NS,
+                     "labels": {"argocd.argoproj.io/instance": "platform"},
+                     "annotations": {"team": "platform"}},
+        "type": "Opaque",
+        "data": {"username": STANDARD.encode(user), "password": STANDARD.encode(password)}
+    })
+}
+
+pub fn cluster_pull_secret(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "regbridge.dev/v1alpha1", "kind": "ClusterPullSecret",
+           "metadata": {"name": name}, "spec": spec})
+}
+
+pub fn dockerhub_spec() -> Value {
+    json!({
+        "secretName": "regcred",
+        "credentials": [{"static": {"secretRef": {"namespace": CONTROLLER_NS, "name": "dockerhub"}}}],
+        "namespaces": {"exclude": ["kube-*"]},
+    })
+}
+
+/// The decoded `.dockerconfigjson` of a Secret.
+pub fn docker_config(secret: &Value) -> Value {
+    let b64 = secret.pointer("/data/.dockerconfigjson").and_then(Value::as_str).unwrap_or_default();
+    serde_json::from_slice(&STANDARD.decode(b64).unwrap_or_default()).unwrap_or(Value::Null)
+}
