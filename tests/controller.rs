@@ -199,7 +199,7 @@ async fn watches_recover_from_410_gone() {
     wait_for("synced", T, || synced(&h, "a")).await;
     h.server.expire_watches();
     namespace_with_default_sa(&h.server, "after-expiry", json!({}));
-    wait_for("namespace created after 410 is covered", Duration::from_secs(20), || synced(&h, "after-expiry")).await;
+    wait_for("namespace created after 410 is covered", Duration::from_secs(60), || synced(&h, "after-expiry")).await;
     assert!(h.health.ready(std::time::Instant::now()).is_ok());
     h.stop().await;
 }
