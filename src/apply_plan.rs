@@ -34,16 +34,18 @@ pub enum WriteError {
         #[source]
         source: kube::Error,
     },
-    #[error("patch ServiceAccount {namespace}/{name}: still contended after {SA_PATCH_ATTEMPTS} attempts")]
+    #[error(
+        "patch ServiceAccount {namespace}/{name}: still contended after {SA_PATCH_ATTEMPTS} attempts"
+    )]
     Contended { namespace: String, name: String },
 }
 
 impl WriteError {
     pub fn namespace(&self) -> &str {
         match self {
-            Self::Secret { namespace, .. } | Self::ServiceAccount { namespace, .. } | Self::Contended { namespace, .. } => {
-                namespace
-            }
+            Self::Secret { namespace, .. }
+            | Self::ServiceAccount { namespace, .. }
+            | Self::Contended { namespace, .. } => namespace,
         }
     }
 }
@@ -89,7 +91,10 @@ impl Writer<'_> {
         for w in plan.service_accounts {
             jobs.push(self.service_account(w).boxed());
         }
-        let results: Vec<Done> = stream::iter(jobs).buffer_unordered(self.concurrency.max(1)).collect().await;
+        let results: Vec<Done> = stream::iter(jobs)
+            .buffer_unordered(self.concurrency.max(1))
+            .collect()
+            .await;
         let mut out = Outcome::default();
         for r in results {
             match r {
@@ -103,9 +108,15 @@ impl Writer<'_> {
 
     async fn secret(&self, write: SecretWrite) -> Done {
         let (verb, namespace, name) = match &write {
-            SecretWrite::Create { namespace } => ("create", namespace.clone(), self.secret_name.to_string()),
-            SecretWrite::Update { namespace, .. } => ("update", namespace.clone(), self.secret_name.to_string()),
-            SecretWrite::Delete { namespace, name, .. } => ("delete", namespace.clone(), name.clone()),
+            SecretWrite::Create { namespace } => {
+                ("create", namespace.clone(), self.secret_name.to_string())
+            }
+            SecretWrite::Update { namespace, .. } => {
+                ("update", namespace.clone(), self.secret_name.to_string())
+            }
+            SecretWrite::Delete {
+                namespace, name, ..
+            } => ("delete", namespace.clone(), name.clone()),
         };
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let pp = PostParams {
@@ -115,16 +126,28 @@ impl Writer<'_> {
         let result = match write {
             SecretWrite::Create { .. } => {
                 let payload = self.payload.unwrap_or_default();
-                api.create(&pp, &desired_copy(self.resource, self.secret_name, &namespace, payload))
-                    .await
-                    .map(|_| ())
+                api.create(
+                    &pp,
+                    &desired_copy(self.resource, self.secret_name, &namespace, payload),
+                )
+                .await
+                .map(|_| ())
             }
-            SecretWrite::Update { resource_version, .. } => {
-                let mut s = desired_copy(self.resource, self.secret_name, &namespace, self.payload.unwrap_or_default());
+            SecretWrite::Update {
+                resource_version, ..
+            } => {
+                let mut s = desired_copy(
+                    self.resource,
+                    self.secret_name,
+                    &namespace,
+                    self.payload.unwrap_or_default(),
+                );
                 s.metadata.resource_version = Some(resource_version);
                 api.replace(&name, &pp, &s).await.map(|_| ())
             }
-            SecretWrite::Delete { resource_version, .. } => {
+            SecretWrite::Delete {
+                resource_version, ..
+            } => {
                 let dp = DeleteParams {
                     preconditions: Some(Preconditions {
                         resource_version: Some(resource_version),
@@ -143,19 +166,24 @@ impl Writer<'_> {
                 debug!(namespace, verb, "namespace unavailable, skipped");
                 Done::Ok
             }
-            Err(e) if verb == "create" && status_code(&e) == Some(409) => match api.get_opt(&name).await {
-                Ok(Some(existing)) if existing.labels().get(RESOURCE).map(String::as_str) != Some(self.resource) => {
-                    Done::Foreign(namespace)
+            Err(e) if verb == "create" && status_code(&e) == Some(409) => {
+                match api.get_opt(&name).await {
+                    Ok(Some(existing))
+                        if existing.labels().get(RESOURCE).map(String::as_str)
+                            != Some(self.resource) =>
+                    {
+                        Done::Foreign(namespace)
+                    }
+                    // Ours after all (the cache lagged): the next reconcile compares it.
+                    Ok(_) => Done::Ok,
+                    Err(source) => Done::Err(WriteError::Secret {
+                        verb,
+                        namespace,
+                        name,
+                        source,
+                    }),
                 }
-                // Ours after all (the cache lagged): the next reconcile compares it.
-                Ok(_) => Done::Ok,
-                Err(source) => Done::Err(WriteError::Secret {
-                    verb,
-                    namespace,
-                    name,
-                    source,
-                }),
-            },
+            }
             Err(source) => Done::Err(WriteError::Secret {
                 verb,
                 namespace,
@@ -166,14 +194,21 @@ impl Writer<'_> {
     }
 
     async fn service_account(&self, write: ServiceAccountWrite) -> Done {
-        let ServiceAccountWrite { namespace, name, patch } = write;
+        let ServiceAccountWrite {
+            namespace,
+            name,
+            patch,
+        } = write;
         let adding = patch_adds(&patch);
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
         let pp = PatchParams::apply(FIELD_MANAGER);
         let mut patch = patch;
         for _ in 0..SA_PATCH_ATTEMPTS {
-            let result = api.patch(&name, &pp, &Patch::<()>::Json(patch.clone())).await;
-            self.metrics.write("serviceaccounts", "patch", result.is_ok());
+            let result = api
+                .patch(&name, &pp, &Patch::<()>::Json(patch.clone()))
+                .await;
+            self.metrics
+                .write("serviceaccounts", "patch", result.is_ok());
             match result {
                 Ok(_) => return Done::Ok,
                 Err(e) if status_code(&e) == Some(404) => return Done::Ok,
@@ -183,7 +218,13 @@ impl Writer<'_> {
                     let fresh = match api.get_opt(&name).await {
                         Ok(Some(sa)) => sa,
                         Ok(None) => return Done::Ok,
-                        Err(source) => return Done::Err(WriteError::ServiceAccount { namespace, name, source }),
+                        Err(source) => {
+                            return Done::Err(WriteError::ServiceAccount {
+                                namespace,
+                                name,
+                                source,
+                            });
+                        }
                     };
                     let next = if adding {
                         add_reference(&fresh, self.secret_name)
@@ -194,7 +235,10 @@ impl Writer<'_> {
                     };
                     match next {
                         Some(p) => {
-                            debug!(namespace, name, "ServiceAccount changed underneath, retrying");
+                            debug!(
+                                namespace,
+                                name, "ServiceAccount changed underneath, retrying"
+                            );
                             patch = p;
                         }
                         None => return Done::Ok,
@@ -202,7 +246,11 @@ impl Writer<'_> {
                 }
                 Err(source) => {
                     warn!(namespace, name, error = %source, "ServiceAccount patch failed");
-                    return Done::Err(WriteError::ServiceAccount { namespace, name, source });
+                    return Done::Err(WriteError::ServiceAccount {
+                        namespace,
+                        name,
+                        source,
+                    });
                 }
             }
         }

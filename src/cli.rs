@@ -86,12 +86,16 @@ mod tests {
     #[test]
     fn run_defaults_match_the_documentation() {
         let cli = Cli::try_parse_from(["regbridge", "run"]).unwrap();
-        let Command::Run(args) = cli.command else { panic!("not run") };
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(args.namespace, "regbridge");
         assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:8080");
         assert!(args.leader_election);
         let cli = Cli::try_parse_from(["regbridge", "run", "--leader-election", "false"]).unwrap();
-        let Command::Run(args) = cli.command else { panic!("not run") };
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         assert!(!args.leader_election);
     }
 }

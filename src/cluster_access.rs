@@ -28,10 +28,15 @@ impl Cluster for CachedCluster {
             return Err(SourceError::Read {
                 namespace: r.namespace.clone(),
                 name: r.name.clone(),
-                reason: format!("source Secrets must live in the controller's namespace {:?}", self.namespace),
+                reason: format!(
+                    "source Secrets must live in the controller's namespace {:?}",
+                    self.namespace
+                ),
             });
         }
-        let found = self.sources.get(&ObjectRef::new(&r.name).within(&r.namespace));
+        let found = self
+            .sources
+            .get(&ObjectRef::new(&r.name).within(&r.namespace));
         Ok(found.map(|s| SecretData {
             type_: s.type_.clone(),
             data: s
@@ -43,7 +48,11 @@ impl Cluster for CachedCluster {
         }))
     }
 
-    async fn service_account_token(&self, sa: &ServiceAccountRef, audience: &str) -> Result<Redacted<String>, SourceError> {
+    async fn service_account_token(
+        &self,
+        sa: &ServiceAccountRef,
+        audience: &str,
+    ) -> Result<Redacted<String>, SourceError> {
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &sa.namespace);
         let request = TokenRequest {
             spec: Some(TokenRequestSpec {

@@ -69,7 +69,9 @@ pub fn normalize_host(key: &str) -> String {
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))
         .unwrap_or(key);
-    let (host, path) = without_scheme.split_once('/').unwrap_or((without_scheme, ""));
+    let (host, path) = without_scheme
+        .split_once('/')
+        .unwrap_or((without_scheme, ""));
     let path = path
         .strip_prefix("v1")
         .or_else(|| path.strip_prefix("v2"))
@@ -102,12 +104,21 @@ mod tests {
         let a = [cred("a.io", "1"), cred("b.io", "2")];
         let b = [cred("c.io", "3")];
         let out = compose(&[
-            EntryCredentials { provider: "static", credentials: &a },
-            EntryCredentials { provider: "ecr", credentials: &b },
+            EntryCredentials {
+                provider: "static",
+                credentials: &a,
+            },
+            EntryCredentials {
+                provider: "ecr",
+                credentials: &b,
+            },
         ]);
         let v: serde_json::Value = serde_json::from_slice(&out.dockerconfigjson).unwrap();
         assert_eq!(v["auths"].as_object().unwrap().len(), 3);
-        assert_eq!(out.hosts.iter().map(|h| h.provider).collect::<Vec<_>>(), ["static", "static", "ecr"]);
+        assert_eq!(
+            out.hosts.iter().map(|h| h.provider).collect::<Vec<_>>(),
+            ["static", "static", "ecr"]
+        );
         assert!(out.warnings.is_empty());
     }
 
@@ -116,28 +127,49 @@ mod tests {
         let first = [cred("https://index.docker.io/v1/", "first")];
         let second = [cred("index.docker.io", "second")];
         let out = compose(&[
-            EntryCredentials { provider: "static", credentials: &first },
-            EntryCredentials { provider: "static", credentials: &second },
+            EntryCredentials {
+                provider: "static",
+                credentials: &first,
+            },
+            EntryCredentials {
+                provider: "static",
+                credentials: &second,
+            },
         ]);
         let v: serde_json::Value = serde_json::from_slice(&out.dockerconfigjson).unwrap();
-        assert_eq!(v["auths"]["https://index.docker.io/v1/"]["password"], "first");
+        assert_eq!(
+            v["auths"]["https://index.docker.io/v1/"]["password"],
+            "first"
+        );
         assert!(v["auths"].get("index.docker.io").is_none());
         assert_eq!(out.warnings.len(), 1);
         assert!(out.warnings[0].contains("credentials[1]"));
-        assert!(!out.warnings[0].contains("second"), "warnings never carry secrets");
+        assert!(
+            !out.warnings[0].contains("second"),
+            "warnings never carry secrets"
+        );
     }
 
     #[test]
     fn composition_is_deterministic() {
         let a = [cred("z.io", "1"), cred("a.io", "2")];
-        let e = [EntryCredentials { provider: "static", credentials: &a }];
+        let e = [EntryCredentials {
+            provider: "static",
+            credentials: &a,
+        }];
         assert_eq!(compose(&e).dockerconfigjson, compose(&e).dockerconfigjson);
     }
 
     #[test]
     fn normalization_matches_kubelet() {
-        assert_eq!(normalize_host("https://index.docker.io/v1/"), "index.docker.io");
-        assert_eq!(normalize_host("Registry.Example:5000"), "registry.example:5000");
+        assert_eq!(
+            normalize_host("https://index.docker.io/v1/"),
+            "index.docker.io"
+        );
+        assert_eq!(
+            normalize_host("Registry.Example:5000"),
+            "registry.example:5000"
+        );
         assert_eq!(normalize_host("http://r.io/v2/team"), "r.io/team");
         assert_eq!(normalize_host("r.io/v10"), "r.io/v10");
     }

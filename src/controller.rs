@@ -26,12 +26,15 @@ use tracing::{info, warn};
 use crate::apply_plan::Writer;
 use crate::cluster_access::CachedCluster;
 use crate::compose::compose;
-use crate::credentials::{Credentials, as_entries};
 use crate::crd::{ClusterPullSecret, ClusterPullSecretStatus};
+use crate::credentials::{Credentials, as_entries};
 use crate::distribute::{Claim, Desired, Plan, World, copy_labels, plan};
 use crate::health::Health;
-use crate::labels::{ADDED_ANNOTATION, EXCLUDE_ANNOTATION, FIELD_MANAGER, FINALIZER, RESOURCE, ROLE, ROLE_SOURCE, managed_selector};
-use crate::metrics::{Metrics, NamespaceLabels, RefreshLabels, ReconcileLabels, ResourceLabels};
+use crate::labels::{
+    ADDED_ANNOTATION, EXCLUDE_ANNOTATION, FIELD_MANAGER, FINALIZER, RESOURCE, ROLE, ROLE_SOURCE,
+    managed_selector,
+};
+use crate::metrics::{Metrics, NamespaceLabels, ReconcileLabels, RefreshLabels, ResourceLabels};
 use crate::refresh::{backoff, parse_duration};
 use crate::selection::Selection;
 use crate::status::{self, Observation, Verdict};
@@ -106,7 +109,12 @@ pub struct Context {
 
 impl Context {
     fn state_of(&self, uid: &str) -> Arc<tokio::sync::Mutex<ResourceState>> {
-        self.state.lock().expect("state lock").entry(uid.to_owned()).or_default().clone()
+        self.state
+            .lock()
+            .expect("state lock")
+            .entry(uid.to_owned())
+            .or_default()
+            .clone()
     }
 
     async fn event(&self, cps: &ClusterPullSecret, type_: EventType, reason: &str, note: String) {
@@ -124,29 +132,56 @@ impl Context {
 }
 
 fn created_key(cps: &ClusterPullSecret) -> (Option<Timestamp>, String) {
-    (cps.metadata.creation_timestamp.as_ref().map(|t| t.0), cps.name_any())
+    (
+        cps.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        cps.name_any(),
+    )
 }
 
-async fn write_status(ctx: &Context, cps: &ClusterPullSecret, status: ClusterPullSecretStatus) -> Result<(), Error> {
+async fn write_status(
+    ctx: &Context,
+    cps: &ClusterPullSecret,
+    status: ClusterPullSecretStatus,
+) -> Result<(), Error> {
     if cps.status.as_ref() == Some(&status) {
         return Ok(());
     }
     let api: Api<ClusterPullSecret> = Api::all(ctx.client.clone());
     let body = serde_json::json!({ "status": status });
     let result = api
-        .patch_status(&cps.name_any(), &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(&body))
+        .patch_status(
+            &cps.name_any(),
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Merge(&body),
+        )
         .await;
-    ctx.metrics.write("clusterpullsecrets", "patch", result.is_ok());
+    ctx.metrics
+        .write("clusterpullsecrets", "patch", result.is_ok());
     result.map(|_| ()).map_err(|source| Error::Status {
         resource: cps.name_any(),
         source,
     })
 }
 
-async fn reject(ctx: &Context, cps: &ClusterPullSecret, reason: &str, message: String) -> Result<Action, Error> {
+async fn reject(
+    ctx: &Context,
+    cps: &ClusterPullSecret,
+    reason: &str,
+    message: String,
+) -> Result<Action, Error> {
     warn!(resource = %cps.name_any(), reason, %message, "resource is invalid; nothing distributed is changed");
-    let status = status::invalid(cps.status.as_ref(), cps.metadata.generation, reason, message.clone(), Timestamp::now());
-    if cps.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY)).map(|c| c.reason.as_str())
+    let status = status::invalid(
+        cps.status.as_ref(),
+        cps.metadata.generation,
+        reason,
+        message.clone(),
+        Timestamp::now(),
+    );
+    if cps
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY))
+        .map(|c| c.reason.as_str())
         != Some(reason)
     {
         ctx.event(cps, EventType::Warning, reason, message).await;
@@ -175,7 +210,9 @@ async fn ensure_source(ctx: &Context, name: &str, payload: &[u8]) -> Result<bool
     };
     match cached {
         Some(s) if s.labels().get(RESOURCE).map(String::as_str) != Some(name) => Ok(false),
-        Some(s) if s.data == desired.data && s.labels() == &labels && s.type_ == desired.type_ => Ok(true),
+        Some(s) if s.data == desired.data && s.labels() == &labels && s.type_ == desired.type_ => {
+            Ok(true)
+        }
         Some(s) => {
             desired.metadata.resource_version = s.resource_version();
             let r = api.replace(name, &pp, &desired).await;
@@ -190,7 +227,8 @@ async fn ensure_source(ctx: &Context, name: &str, payload: &[u8]) -> Result<bool
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 ctx.metrics.write("secrets", "create", false);
                 let existing = api.get_opt(name).await.map_err(err)?;
-                Ok(existing.is_some_and(|s| s.labels().get(RESOURCE).map(String::as_str) == Some(name)))
+                Ok(existing
+                    .is_some_and(|s| s.labels().get(RESOURCE).map(String::as_str) == Some(name)))
             }
             Err(e) => {
                 ctx.metrics.write("secrets", "create", false);
@@ -209,7 +247,10 @@ struct Snapshot {
 fn snapshot(stores: &Stores) -> Snapshot {
     let mut service_accounts: HashMap<String, Vec<Arc<ServiceAccount>>> = HashMap::new();
     for sa in stores.service_accounts.state() {
-        service_accounts.entry(sa.namespace().unwrap_or_default()).or_default().push(sa);
+        service_accounts
+            .entry(sa.namespace().unwrap_or_default())
+            .or_default()
+            .push(sa);
     }
     let mut namespaces = stores.namespaces.state();
     namespaces.sort_by_key(|n| n.name_any());
@@ -226,7 +267,10 @@ fn snapshot(stores: &Stores) -> Snapshot {
 }
 
 /// Every other live resource's claim, with selections compiled.
-fn rival_selections(ctx: &Context, me: &ClusterPullSecret) -> Vec<(String, String, Selection, bool)> {
+fn rival_selections(
+    ctx: &Context,
+    me: &ClusterPullSecret,
+) -> Vec<(String, String, Selection, bool)> {
     let mine = created_key(me);
     ctx.stores
         .resources
@@ -240,7 +284,13 @@ fn rival_selections(ctx: &Context, me: &ClusterPullSecret) -> Vec<(String, Strin
         .collect()
 }
 
-async fn execute(ctx: &Context, cps: &ClusterPullSecret, selection: &Selection, payload: Option<&[u8]>, foreign: &[String]) -> (Plan, crate::apply_plan::Outcome) {
+async fn execute(
+    ctx: &Context,
+    cps: &ClusterPullSecret,
+    selection: &Selection,
+    payload: Option<&[u8]>,
+    foreign: &[String],
+) -> (Plan, crate::apply_plan::Outcome) {
     let name = cps.name_any();
     let secret_name = cps.secret_name();
     let rivals = rival_selections(ctx, cps);
@@ -314,7 +364,13 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         Ok(s) => s,
         Err(e) => return reject(ctx, &cps, "InvalidSelector", e.to_string()).await,
     };
-    let refresh_before = match cps.spec.refresh_before.as_deref().map(parse_duration).transpose() {
+    let refresh_before = match cps
+        .spec
+        .refresh_before
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+    {
         Ok(d) => d,
         Err(e) => return reject(ctx, &cps, "InvalidRefreshBefore", e.to_string()).await,
     };
@@ -334,8 +390,17 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
     }
     let state = ctx.state_of(&cps.uid().unwrap_or_default());
     let mut state = state.lock().await;
-    if let Err((i, e)) = state.credentials.update_specs(&cps.spec.credentials, &BuildContext::new(&name)) {
-        return reject(ctx, &cps, "InvalidCredentials", format!("credentials[{i}]: {e}")).await;
+    if let Err((i, e)) = state
+        .credentials
+        .update_specs(&cps.spec.credentials, &BuildContext::new(&name))
+    {
+        return reject(
+            ctx,
+            &cps,
+            "InvalidCredentials",
+            format!("credentials[{i}]: {e}"),
+        )
+        .await;
     }
     let cluster = CachedCluster {
         client: ctx.client.clone(),
@@ -354,7 +419,10 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
             result: if a.ok { "ok" } else { "error" },
         };
         ctx.metrics.refreshes.get_or_create(&labels).inc();
-        ctx.metrics.refresh_duration.get_or_create(&labels).observe(a.elapsed.as_secs_f64());
+        ctx.metrics
+            .refresh_duration
+            .get_or_create(&labels)
+            .observe(a.elapsed.as_secs_f64());
         if a.clamped_expiry {
             warn!(resource = %name, provider = a.provider, "provider reported an expiry in the past or too near; clamped");
         }
@@ -369,14 +437,21 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         );
         let reason = "CredentialsInvalid";
         reject(ctx, &cps, reason, message).await?;
-        let wait = state.credentials.next_wakeup().map(|at| (at - now).to_std().unwrap_or_default());
+        let wait = state
+            .credentials
+            .next_wakeup()
+            .map(|at| (at - now).to_std().unwrap_or_default());
         return Ok(Action::requeue(wait.unwrap_or(RESYNC)));
     }
     let current = state.credentials.current(now);
     let composed = compose(&as_entries(&current));
     let failing: Vec<String> = reports
         .iter()
-        .filter_map(|r| r.last_error.as_ref().map(|e| format!("credentials[{}] ({}): {e}", r.index, r.provider)))
+        .filter_map(|r| {
+            r.last_error
+                .as_ref()
+                .map(|e| format!("credentials[{}] ({}): {e}", r.index, r.provider))
+        })
         .collect();
     let credentials_verdict = if failing.is_empty() {
         Verdict::ok("Minted", format!("{} registries", composed.hosts.len()))
@@ -384,7 +459,13 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         Verdict::fail("RefreshFailing", failing.join("; "))
     };
     if !failing.is_empty() {
-        ctx.event(&cps, EventType::Warning, "RefreshFailed", failing.join("; ")).await;
+        ctx.event(
+            &cps,
+            EventType::Warning,
+            "RefreshFailed",
+            failing.join("; "),
+        )
+        .await;
     }
     for h in &composed.hosts {
         if let Some(exp) = h.expires_at {
@@ -404,14 +485,24 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
             ctx,
             &cps,
             "SourceSecretConflict",
-            format!("Secret {}/{name} exists and is not managed by this resource", ctx.config.namespace),
+            format!(
+                "Secret {}/{name} exists and is not managed by this resource",
+                ctx.config.namespace
+            ),
         )
         .await;
     }
 
     recheck_foreign(ctx, &cps.secret_name(), &mut state.foreign).await;
     let foreign: Vec<String> = state.foreign.keys().cloned().collect();
-    let (summary, outcome) = execute(ctx, &cps, &selection, Some(&composed.dockerconfigjson), &foreign).await;
+    let (summary, outcome) = execute(
+        ctx,
+        &cps,
+        &selection,
+        Some(&composed.dockerconfigjson),
+        &foreign,
+    )
+    .await;
     for ns in &outcome.foreign {
         state.foreign.insert(ns.clone(), Instant::now());
     }
@@ -437,7 +528,11 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
                 cps.secret_name(),
                 new_conflicts.len(),
                 shown.join(", "),
-                if new_conflicts.len() > shown.len() { ", ..." } else { "" }
+                if new_conflicts.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
             ),
         )
         .await;
@@ -453,13 +548,27 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         .await;
     }
     let distributed = if !outcome.errors.is_empty() {
-        Verdict::fail("WritesFailed", format!("{} writes failed; retrying", outcome.errors.len()))
+        Verdict::fail(
+            "WritesFailed",
+            format!("{} writes failed; retrying", outcome.errors.len()),
+        )
     } else if !conflicts.is_empty() {
-        Verdict::fail("Conflict", format!("{} namespace(s) hold a Secret named {} that this resource does not manage", conflicts.len(), cps.secret_name()))
+        Verdict::fail(
+            "Conflict",
+            format!(
+                "{} namespace(s) hold a Secret named {} that this resource does not manage",
+                conflicts.len(),
+                cps.secret_name()
+            ),
+        )
     } else {
         Verdict::ok("Distributed", format!("{synced}/{selected} namespaces"))
     };
-    for (state_name, value) in [("selected", selected), ("synced", synced), ("conflicting", conflicts.len() as u32)] {
+    for (state_name, value) in [
+        ("selected", selected),
+        ("synced", synced),
+        ("conflicting", conflicts.len() as u32),
+    ] {
         ctx.metrics
             .namespaces
             .get_or_create(&NamespaceLabels {
@@ -480,10 +589,17 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         conflicts: &conflict_list,
         warnings: composed.warnings.clone(),
     };
-    write_status(ctx, &cps, status::build(cps.status.as_ref(), &obs, Timestamp::now())).await?;
+    write_status(
+        ctx,
+        &cps,
+        status::build(cps.status.as_ref(), &obs, Timestamp::now()),
+    )
+    .await?;
     ctx.metrics
         .reconcile_duration
-        .get_or_create(&ResourceLabels { resource: name.clone() })
+        .get_or_create(&ResourceLabels {
+            resource: name.clone(),
+        })
         .observe(started.elapsed().as_secs_f64());
     if let Some(first) = outcome.errors.first() {
         return Err(Error::Writes {
@@ -519,7 +635,10 @@ async fn cleanup(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, E
         });
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    if let Some(source) = ctx.stores.managed.get(&ObjectRef::new(&name).within(&ctx.config.namespace))
+    if let Some(source) = ctx
+        .stores
+        .managed
+        .get(&ObjectRef::new(&name).within(&ctx.config.namespace))
         && source.labels().get(RESOURCE) == Some(&name)
     {
         match api.delete(&name, &Default::default()).await {
@@ -544,7 +663,8 @@ async fn cleanup(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, E
     };
     for e in state.lock().await.credentials.cleanup(&cluster).await {
         warn!(resource = %name, error = %e, "provider cleanup failed");
-        ctx.event(&cps, EventType::Warning, "CleanupFailed", e.to_string()).await;
+        ctx.event(&cps, EventType::Warning, "CleanupFailed", e.to_string())
+            .await;
     }
     ctx.state.lock().expect("state lock").remove(&uid);
     let _ = ctx.reconcile_all.send(());
@@ -597,9 +717,18 @@ fn cached<K>(
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     trim: impl FnMut(&mut K) + Send + 'static,
-) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
 where
-    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let stream = watcher(api, config)
@@ -609,7 +738,10 @@ where
                 Ok(_) => health.watch_ok(name),
                 Err(e) => {
                     health.watch_failed(name);
-                    metrics.watch_errors.get_or_create(&crate::metrics::WatchLabels { watch: name }).inc();
+                    metrics
+                        .watch_errors
+                        .get_or_create(&crate::metrics::WatchLabels { watch: name })
+                        .inc();
                     warn!(watch = name, error = %e, "watch failed; retrying");
                 }
             }
@@ -746,10 +878,20 @@ pub async fn run(
 /// Maps any event to every resource: a namespace or ServiceAccount change
 /// can select or deselect for any of them, and a reconcile that finds
 /// nothing to do writes nothing.
-fn all<T>(store: Store<ClusterPullSecret>) -> impl Fn(T) -> Vec<ObjectRef<ClusterPullSecret>> + Send + Sync + 'static {
-    move |_| store.state().iter().map(|o| ObjectRef::from_obj(&**o)).collect()
+fn all<T>(
+    store: Store<ClusterPullSecret>,
+) -> impl Fn(T) -> Vec<ObjectRef<ClusterPullSecret>> + Send + Sync + 'static {
+    move |_| {
+        store
+            .state()
+            .iter()
+            .map(|o| ObjectRef::from_obj(&**o))
+            .collect()
+    }
 }
 
-fn tokio_stream_from(mut rx: tokio::sync::mpsc::UnboundedReceiver<()>) -> impl Stream<Item = ()> + Send + 'static {
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> impl Stream<Item = ()> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -27,7 +27,10 @@ pub struct ClusterPullSecretSpec {
     /// Name of the Secret written into each selected namespace. Default: the
     /// resource's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub secret_name: Option<String>,
     /// Credential sources, composed into one dockerconfigjson. When two
     /// entries yield the same registry host, the first wins.
@@ -124,7 +127,10 @@ impl ClusterPullSecret {
     /// The Secret name in each namespace.
     pub fn secret_name(&self) -> String {
         use kube::ResourceExt;
-        self.spec.secret_name.clone().unwrap_or_else(|| self.name_any())
+        self.spec
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| self.name_any())
     }
 }
 

@@ -41,7 +41,8 @@ impl Entry {
     /// Static entries read a cached Secret, so they are re-read every time;
     /// the others wait for their schedule.
     fn due(&self, now: DateTime<Utc>) -> bool {
-        matches!(self.spec, CredentialSpec::Static(_)) || self.next_refresh.is_none_or(|at| now >= at)
+        matches!(self.spec, CredentialSpec::Static(_))
+            || self.next_refresh.is_none_or(|at| now >= at)
     }
 }
 
@@ -73,7 +74,11 @@ pub struct Credentials {
 impl Credentials {
     /// Keeps the state of entries whose spec is unchanged; builds the rest.
     /// An entry that cannot be built fails the whole update, naming it.
-    pub fn update_specs(&mut self, specs: &[CredentialSpec], ctx: &BuildContext) -> Result<(), (usize, ProviderError)> {
+    pub fn update_specs(
+        &mut self,
+        specs: &[CredentialSpec],
+        ctx: &BuildContext,
+    ) -> Result<(), (usize, ProviderError)> {
         let mut old = std::mem::take(&mut self.entries);
         let mut fresh = Vec::with_capacity(specs.len());
         for (index, spec) in specs.iter().enumerate() {
@@ -123,23 +128,31 @@ impl Credentials {
                             soonest = Some(soonest.map_or(expiry, |s| s.min(expiry)));
                         }
                     }
-                    if entry.last_good != creds || entry.refreshed_at.is_none() || soonest.is_some() {
+                    if entry.last_good != creds || entry.refreshed_at.is_none() || soonest.is_some()
+                    {
                         entry.refreshed_at = Some(now);
                     }
                     entry.last_good = creds;
                     entry.failures = 0;
                     entry.invalid = false;
                     entry.last_error = None;
-                    entry.next_refresh = soonest.map(|exp| next_refresh(now, exp, refresh_before, jitter()));
+                    entry.next_refresh =
+                        soonest.map(|exp| next_refresh(now, exp, refresh_before, jitter()));
                 }
                 Err(err) => {
                     entry.failures += 1;
-                    entry.invalid = !matches!(err, ProviderError::Remote { .. } | ProviderError::Timeout { .. });
+                    entry.invalid = !matches!(
+                        err,
+                        ProviderError::Remote { .. } | ProviderError::Timeout { .. }
+                    );
                     if entry.invalid {
                         entry.last_good.clear();
                     }
                     entry.last_error = Some(err.to_string());
-                    entry.next_refresh = Some(now + chrono::TimeDelta::from_std(backoff(entry.failures)).unwrap_or_default());
+                    entry.next_refresh = Some(
+                        now + chrono::TimeDelta::from_std(backoff(entry.failures))
+                            .unwrap_or_default(),
+                    );
                 }
             }
             attempts.push(attempt);
@@ -174,7 +187,10 @@ impl Credentials {
                 invalid: e.invalid,
                 last_error: e.last_error.clone(),
                 refreshed_at: e.refreshed_at,
-                serving: e.last_good.iter().any(|c| c.expires_at.is_none_or(|exp| exp > now)),
+                serving: e
+                    .last_good
+                    .iter()
+                    .any(|c| c.expires_at.is_none_or(|exp| exp > now)),
                 note: e.provider.status_note(),
             })
             .collect()
@@ -202,9 +218,14 @@ impl Credentials {
 }
 
 /// Borrows the current credentials in the shape `compose` takes.
-pub fn as_entries<'a>(current: &'a [(&'static str, Vec<RegistryCredential>)]) -> Vec<EntryCredentials<'a>> {
+pub fn as_entries<'a>(
+    current: &'a [(&'static str, Vec<RegistryCredential>)],
+) -> Vec<EntryCredentials<'a>> {
     current
         .iter()
-        .map(|(provider, credentials)| EntryCredentials { provider, credentials })
+        .map(|(provider, credentials)| EntryCredentials {
+            provider,
+            credentials,
+        })
         .collect()
 }

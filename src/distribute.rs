@@ -50,9 +50,18 @@ pub struct World<'a> {
 
 #[derive(Debug, PartialEq)]
 pub enum SecretWrite {
-    Create { namespace: String },
-    Update { namespace: String, resource_version: String },
-    Delete { namespace: String, name: String, resource_version: String },
+    Create {
+        namespace: String,
+    },
+    Update {
+        namespace: String,
+        resource_version: String,
+    },
+    Delete {
+        namespace: String,
+        name: String,
+        resource_version: String,
+    },
 }
 
 #[derive(Debug, PartialEq)]
@@ -110,8 +119,15 @@ fn owner(secret: &Secret) -> Option<&str> {
 fn up_to_date(secret: &Secret, resource: &str, payload: &[u8]) -> bool {
     let labels = secret.labels();
     secret.type_.as_deref() == Some(SECRET_TYPE)
-        && secret.data.as_ref().and_then(|d| d.get(DATA_KEY)).map(|b| b.0.as_slice()) == Some(payload)
-        && copy_labels(resource).iter().all(|(k, v)| labels.get(k) == Some(v))
+        && secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(DATA_KEY))
+            .map(|b| b.0.as_slice())
+            == Some(payload)
+        && copy_labels(resource)
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
 }
 
 pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> Plan {
@@ -128,9 +144,14 @@ pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> P
             .filter(|c| c.secret_name == desired.secret_name && c.selection.selects_namespace(ns))
             .collect();
         let lost_to_older = rivals.iter().any(|c| c.older);
-        let existing = world.managed.get(&(namespace.clone(), desired.secret_name.to_string()));
+        let existing = world
+            .managed
+            .get(&(namespace.clone(), desired.secret_name.to_string()));
         let ours = existing.filter(|s| owner(s) == Some(desired.resource));
-        let accounts = world.service_accounts.get(&namespace).unwrap_or(&no_accounts);
+        let accounts = world
+            .service_accounts
+            .get(&namespace)
+            .unwrap_or(&no_accounts);
 
         let serving = match (wanted, desired.payload) {
             (true, Some(payload)) => {
@@ -171,7 +192,9 @@ pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> P
             let patch = if serving && desired.selection.selects_service_account(&name) {
                 add_reference(sa, desired.secret_name)
             } else if added_by_us(sa).contains(&desired.secret_name)
-                && !rivals.iter().any(|c| c.selection.selects_service_account(&name))
+                && !rivals
+                    .iter()
+                    .any(|c| c.selection.selects_service_account(&name))
             {
                 remove_reference(sa, desired.secret_name)
             } else {
@@ -264,7 +287,11 @@ mod tests {
         secret(
             namespace,
             "regcred",
-            &[(MANAGED_BY, MANAGED_BY_VALUE), (RESOURCE, "company"), (ROLE, ROLE_COPY)],
+            &[
+                (MANAGED_BY, MANAGED_BY_VALUE),
+                (RESOURCE, "company"),
+                (ROLE, ROLE_COPY),
+            ],
             payload,
         )
     }
@@ -287,8 +314,12 @@ mod tests {
         assert_eq!(
             p.secrets,
             [
-                SecretWrite::Create { namespace: "a".into() },
-                SecretWrite::Create { namespace: "b".into() }
+                SecretWrite::Create {
+                    namespace: "a".into()
+                },
+                SecretWrite::Create {
+                    namespace: "b".into()
+                }
             ]
         );
         assert_eq!(p.service_accounts.len(), 2);
@@ -298,7 +329,12 @@ mod tests {
     fn steady_state_plans_no_writes() {
         let c = Cluster::new(&["a"])
             .with_secret(ours("a", PAYLOAD))
-            .with_sa(sa("a", "default").pull_secrets(&["regcred"]).annotation(ADDED_ANNOTATION, "regcred").build());
+            .with_sa(
+                sa("a", "default")
+                    .pull_secrets(&["regcred"])
+                    .annotation(ADDED_ANNOTATION, "regcred")
+                    .build(),
+            );
         let sel = selection(&["default"]);
         let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
         assert!(p.is_empty(), "{p:?}");
@@ -312,13 +348,21 @@ mod tests {
         let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
         assert_eq!(
             p.secrets,
-            [SecretWrite::Update { namespace: "a".into(), resource_version: "7".into() }]
+            [SecretWrite::Update {
+                namespace: "a".into(),
+                resource_version: "7".into()
+            }]
         );
     }
 
     #[test]
     fn secret_of_another_resource_is_a_conflict_and_sas_are_not_pointed_at_it() {
-        let theirs = secret("a", "regcred", &[(MANAGED_BY, MANAGED_BY_VALUE), (RESOURCE, "other")], PAYLOAD);
+        let theirs = secret(
+            "a",
+            "regcred",
+            &[(MANAGED_BY, MANAGED_BY_VALUE), (RESOURCE, "other")],
+            PAYLOAD,
+        );
         let c = Cluster::new(&["a"]).with_secret(theirs);
         let sel = selection(&["default"]);
         let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
@@ -340,23 +384,43 @@ mod tests {
     fn older_claim_wins_and_the_younger_hands_over() {
         let c = Cluster::new(&["a"])
             .with_secret(ours("a", PAYLOAD))
-            .with_sa(sa("a", "default").pull_secrets(&["regcred"]).annotation(ADDED_ANNOTATION, "regcred").build());
+            .with_sa(
+                sa("a", "default")
+                    .pull_secrets(&["regcred"])
+                    .annotation(ADDED_ANNOTATION, "regcred")
+                    .build(),
+            );
         let sel = selection(&["default"]);
-        let rival = Claim { resource: "older", secret_name: "regcred", selection: &sel, older: true };
+        let rival = Claim {
+            resource: "older",
+            secret_name: "regcred",
+            selection: &sel,
+            older: true,
+        };
         let p = plan(&desired(&sel, Some(PAYLOAD)), &[rival], &c.world());
         assert_eq!(p.conflicts, ["a"]);
         assert!(matches!(p.secrets[..], [SecretWrite::Delete { .. }]));
-        assert!(p.service_accounts.is_empty(), "the older resource still wants the reference");
+        assert!(
+            p.service_accounts.is_empty(),
+            "the older resource still wants the reference"
+        );
     }
 
     #[test]
     fn deselected_namespace_loses_secret_and_sa_reference() {
         let c = Cluster::new(&["kube-x"])
             .with_secret(ours("kube-x", PAYLOAD))
-            .with_sa(sa("kube-x", "default").pull_secrets(&["mine", "regcred"]).annotation(ADDED_ANNOTATION, "regcred").build());
+            .with_sa(
+                sa("kube-x", "default")
+                    .pull_secrets(&["mine", "regcred"])
+                    .annotation(ADDED_ANNOTATION, "regcred")
+                    .build(),
+            );
         let sel = selection(&["default"]);
         let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
-        assert!(matches!(&p.secrets[..], [SecretWrite::Delete { namespace, .. }] if namespace == "kube-x"));
+        assert!(
+            matches!(&p.secrets[..], [SecretWrite::Delete { namespace, .. }] if namespace == "kube-x")
+        );
         assert_eq!(p.service_accounts.len(), 1);
     }
 
@@ -364,7 +428,12 @@ mod tests {
     fn deletion_removes_only_what_was_added() {
         let c = Cluster::new(&["a", "b"])
             .with_secret(ours("a", PAYLOAD))
-            .with_sa(sa("a", "default").pull_secrets(&["regcred"]).annotation(ADDED_ANNOTATION, "regcred").build())
+            .with_sa(
+                sa("a", "default")
+                    .pull_secrets(&["regcred"])
+                    .annotation(ADDED_ANNOTATION, "regcred")
+                    .build(),
+            )
             .with_sa(sa("b", "default").pull_secrets(&["regcred"]).build());
         let sel = selection(&["default"]);
         let p = plan(&desired(&sel, None), &[], &c.world());
@@ -377,7 +446,9 @@ mod tests {
     fn renamed_secret_leaves_no_orphan_copy() {
         let mut old = ours("a", PAYLOAD);
         old.metadata.name = Some("old-name".into());
-        let c = Cluster::new(&["a"]).with_secret(old).with_secret(ours("a", PAYLOAD));
+        let c = Cluster::new(&["a"])
+            .with_secret(old)
+            .with_secret(ours("a", PAYLOAD));
         let sel = selection(&[]);
         let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
         assert!(matches!(&p.secrets[..], [SecretWrite::Delete { name, .. }] if name == "old-name"));

@@ -2,10 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{LocalObjectReference, Namespace, NamespaceStatus, Secret, ServiceAccount};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{
+    LocalObjectReference, Namespace, NamespaceStatus, Secret, ServiceAccount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use k8s_openapi::ByteString;
 
 pub struct NsBuilder(Namespace);
 
@@ -25,7 +27,11 @@ pub fn ns(name: &str) -> NsBuilder {
 
 impl NsBuilder {
     pub fn label(mut self, k: &str, v: &str) -> Self {
-        self.0.metadata.labels.get_or_insert_with(BTreeMap::new).insert(k.into(), v.into());
+        self.0
+            .metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(k.into(), v.into());
         self
     }
     pub fn annotation(mut self, k: &str, v: &str) -> Self {
@@ -67,7 +73,9 @@ impl SaBuilder {
         self.0.image_pull_secrets = Some(
             names
                 .iter()
-                .map(|n| LocalObjectReference { name: n.to_string() })
+                .map(|n| LocalObjectReference {
+                    name: n.to_string(),
+                })
                 .collect(),
         );
         self
@@ -92,11 +100,22 @@ pub fn secret(namespace: &str, name: &str, labels: &[(&str, &str)], payload: &[u
             name: Some(name.into()),
             namespace: Some(namespace.into()),
             resource_version: Some("7".into()),
-            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             ..Default::default()
         },
         type_: Some("kubernetes.io/dockerconfigjson".into()),
-        data: Some([(".dockerconfigjson".to_string(), ByteString(payload.to_vec()))].into()),
+        data: Some(
+            [(
+                ".dockerconfigjson".to_string(),
+                ByteString(payload.to_vec()),
+            )]
+            .into(),
+        ),
         ..Default::default()
     }
 }

@@ -31,7 +31,11 @@ impl Health {
     }
 
     pub fn watch_failed(&self, watch: &'static str) {
-        self.failing.lock().expect("health lock").entry(watch).or_insert_with(Instant::now);
+        self.failing
+            .lock()
+            .expect("health lock")
+            .entry(watch)
+            .or_insert_with(Instant::now);
     }
 
     pub fn watch_ok(&self, watch: &'static str) {
@@ -53,7 +57,11 @@ impl Health {
         if stuck.is_empty() {
             Ok(())
         } else {
-            Err(format!("watches failing for over {}s: {}", STUCK_AFTER.as_secs(), stuck.join(", ")))
+            Err(format!(
+                "watches failing for over {}s: {}",
+                STUCK_AFTER.as_secs(),
+                stuck.join(", ")
+            ))
         }
     }
 }
@@ -81,12 +89,19 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
 }
 
-pub async fn serve(addr: SocketAddr, health: Arc<Health>, metrics: Arc<Metrics>) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, router(health, metrics)).await
 }
@@ -110,7 +125,9 @@ mod tests {
         h.watch_failed("namespaces");
         let now = Instant::now();
         assert!(h.ready(now).is_ok(), "a brief failure is tolerated");
-        let err = h.ready(now + STUCK_AFTER + Duration::from_secs(1)).unwrap_err();
+        let err = h
+            .ready(now + STUCK_AFTER + Duration::from_secs(1))
+            .unwrap_err();
         assert!(err.contains("namespaces"));
         h.watch_ok("namespaces");
         assert!(h.ready(now + STUCK_AFTER * 2).is_ok(), "recovery clears it");

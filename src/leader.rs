@@ -17,7 +17,13 @@ pub const LEASE_GRACE: u64 = 5;
 
 /// Runs `work` while this replica holds the Lease. When leadership is lost,
 /// `work` is dropped (its writes stop) and the replica waits to lead again.
-pub async fn while_leader<F, Fut>(client: Client, namespace: &str, lease: &str, identity: &str, mut work: F) -> anyhow::Result<()>
+pub async fn while_leader<F, Fut>(
+    client: Client,
+    namespace: &str,
+    lease: &str,
+    identity: &str,
+    mut work: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
@@ -52,7 +58,9 @@ where
     }
 }
 
-async fn finish(task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>) -> anyhow::Result<()> {
+async fn finish(
+    task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+) -> anyhow::Result<()> {
     task.abort();
     Ok(())
 }

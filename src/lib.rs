@@ -5,8 +5,8 @@ pub mod cli;
 pub mod cluster_access;
 pub mod compose;
 pub mod controller;
-pub mod credentials;
 pub mod crd;
+pub mod credentials;
 pub mod distribute;
 #[doc(hidden)]
 pub mod fixtures;

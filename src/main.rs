@@ -51,13 +51,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "regbridge".into());
-    let server = tokio::spawn(health::serve(args.metrics_addr, health.clone(), metrics.clone()));
+    let server = tokio::spawn(health::serve(
+        args.metrics_addr,
+        health.clone(),
+        metrics.clone(),
+    ));
     let config = Config {
         namespace: args.namespace.clone(),
         write_concurrency: args.write_concurrency,
         instance: instance.clone(),
     };
-    let work = || controller::run(client.clone(), config.clone(), health.clone(), metrics.clone(), shutdown_signal());
+    let work = || {
+        controller::run(
+            client.clone(),
+            config.clone(),
+            health.clone(),
+            metrics.clone(),
+            shutdown_signal(),
+        )
+    };
     if args.leader_election {
         // A standby never runs the controller, so it watches for SIGTERM here.
         tokio::select! {
@@ -74,7 +86,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// SIGTERM (the kubelet) or Ctrl-C.
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},

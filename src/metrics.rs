@@ -77,15 +77,24 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("regbridge");
         let reconciles = Family::default();
-        registry.register("reconciles", "Reconciles of ClusterPullSecrets by result", reconciles.clone());
-        let reconcile_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "reconciles",
+            "Reconciles of ClusterPullSecrets by result",
+            reconciles.clone(),
+        );
+        let reconcile_duration =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
             reconcile_duration.clone(),
         );
         let api_writes = Family::default();
-        registry.register("api_writes", "Write requests to the Kubernetes API", api_writes.clone());
+        registry.register(
+            "api_writes",
+            "Write requests to the Kubernetes API",
+            api_writes.clone(),
+        );
         let namespaces = Family::default();
         registry.register(
             "namespaces",
@@ -93,7 +102,11 @@ impl Default for Metrics {
             namespaces.clone(),
         );
         let watch_errors = Family::default();
-        registry.register("watch_errors", "Errors seen by each watch", watch_errors.clone());
+        registry.register(
+            "watch_errors",
+            "Errors seen by each watch",
+            watch_errors.clone(),
+        );
         let credential_expiry = Family::default();
         registry.register(
             "credential_expiry_timestamp_seconds",
@@ -101,7 +114,11 @@ impl Default for Metrics {
             credential_expiry.clone(),
         );
         let refreshes = Family::default();
-        registry.register("refreshes", "Credential refresh attempts by result", refreshes.clone());
+        registry.register(
+            "refreshes",
+            "Credential refresh attempts by result",
+            refreshes.clone(),
+        );
         let refresh_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
             "refresh_duration_seconds",
@@ -135,7 +152,8 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

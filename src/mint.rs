@@ -41,8 +41,10 @@ pub async fn mint(path: &Path) -> Result<Composed, MintError> {
         path: path.display().to_string(),
         reason,
     };
-    let value: serde_json::Value = serde_yaml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
-    let config: MintConfig = serde_json::from_value(value).map_err(|e| parse_error(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_yaml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
+    let config: MintConfig =
+        serde_json::from_value(value).map_err(|e| parse_error(e.to_string()))?;
     // Relative `file:` paths are relative to the config file.
     let base = path.parent().unwrap_or(Path::new("."));
     let specs: Vec<CredentialSpec> = config
@@ -50,7 +52,9 @@ pub async fn mint(path: &Path) -> Result<Composed, MintError> {
         .into_iter()
         .map(|c| match c {
             CredentialSpec::Static(mut s) => {
-                s.file = s.file.map(|f| if f.is_relative() { base.join(f) } else { f });
+                s.file = s
+                    .file
+                    .map(|f| if f.is_relative() { base.join(f) } else { f });
                 CredentialSpec::Static(s)
             }
             other => other,
@@ -65,7 +69,11 @@ pub async fn mint(path: &Path) -> Result<Composed, MintError> {
         })?;
     let now = Utc::now();
     creds.refresh_due(&NoCluster, now, None, &mut || 0.0).await;
-    if let Some(bad) = creds.reports(now).into_iter().find(|r| r.last_error.is_some()) {
+    if let Some(bad) = creds
+        .reports(now)
+        .into_iter()
+        .find(|r| r.last_error.is_some())
+    {
         return Err(MintError::Entry {
             index: bad.index,
             reason: bad.last_error.unwrap_or_default(),
@@ -126,23 +134,41 @@ mod tests {
     #[tokio::test]
     async fn mint_composes_files_and_redacts_secrets() {
         let dir = tempdir("ok");
-        write(&dir, "a.json", r#"{"auths":{"registry.example.com":{"username":"ci","password":"s3cr3t-pass"}}}"#);
-        let cfg = write(&dir, "mint.yaml", "credentials:\n  - static:\n      file: a.json\n");
+        write(
+            &dir,
+            "a.json",
+            r#"{"auths":{"registry.example.com":{"username":"ci","password":"s3cr3t-pass"}}}"#,
+        );
+        let cfg = write(
+            &dir,
+            "mint.yaml",
+            "credentials:\n  - static:\n      file: a.json\n",
+        );
         let composed = mint(&cfg).await.unwrap();
         let text = render_redacted(&composed);
         assert!(text.contains("registry.example.com"));
         assert!(text.contains("static"));
         assert!(!text.contains("s3cr3t-pass"), "{text}");
         let raw = String::from_utf8(composed.dockerconfigjson).unwrap();
-        assert!(raw.contains("s3cr3t-pass"), "--reveal prints the real document");
+        assert!(
+            raw.contains("s3cr3t-pass"),
+            "--reveal prints the real document"
+        );
     }
 
     #[tokio::test]
     async fn secret_ref_without_a_cluster_is_a_clear_error() {
         let dir = tempdir("ref");
-        let cfg = write(&dir, "mint.yaml", "credentials:\n  - static:\n      secretRef: {namespace: regbridge, name: x}\n");
+        let cfg = write(
+            &dir,
+            "mint.yaml",
+            "credentials:\n  - static:\n      secretRef: {namespace: regbridge, name: x}\n",
+        );
         let err = mint(&cfg).await.unwrap_err().to_string();
-        assert!(err.contains("credentials[0]") && err.contains("file:"), "{err}");
+        assert!(
+            err.contains("credentials[0]") && err.contains("file:"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

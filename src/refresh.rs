@@ -91,7 +91,9 @@ mod tests {
     use super::*;
 
     fn t0() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-27T00:00:00Z").unwrap().to_utc()
+        DateTime::parse_from_rfc3339("2026-11-27T00:00:00Z")
+            .unwrap()
+            .to_utc()
     }
 
     #[test]
@@ -112,20 +114,35 @@ mod tests {
 
     #[test]
     fn refresh_before_overrides_the_margin() {
-        let at = next_refresh(t0(), t0() + TimeDelta::hours(1), Some(Duration::from_secs(600)), 0.0);
+        let at = next_refresh(
+            t0(),
+            t0() + TimeDelta::hours(1),
+            Some(Duration::from_secs(600)),
+            0.0,
+        );
         assert_eq!(at, t0() + TimeDelta::minutes(50));
     }
 
     #[test]
     fn never_sooner_than_the_minimum_interval() {
-        let at = next_refresh(t0(), t0() + TimeDelta::seconds(20), Some(Duration::from_secs(3600)), 0.0);
+        let at = next_refresh(
+            t0(),
+            t0() + TimeDelta::seconds(20),
+            Some(Duration::from_secs(3600)),
+            0.0,
+        );
         assert_eq!(at, t0() + delta(MIN_INTERVAL));
     }
 
     #[test]
     fn past_or_absurd_expiry_is_clamped_and_flagged() {
-        let past = DateTime::parse_from_rfc3339("2015-01-01T00:00:00Z").unwrap().to_utc();
-        assert_eq!(sane_expiry(t0(), past), (t0() + delta(CLAMPED_LIFETIME), true));
+        let past = DateTime::parse_from_rfc3339("2015-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(
+            sane_expiry(t0(), past),
+            (t0() + delta(CLAMPED_LIFETIME), true)
+        );
         let soon = t0() + TimeDelta::seconds(10);
         assert!(sane_expiry(t0(), soon).1);
         let fine = t0() + TimeDelta::minutes(5);

@@ -163,7 +163,9 @@ mod tests {
         let s = Selection::compile(&sp).unwrap();
         assert!(s.selects_namespace(&ns("a").label("env", "prod").build()));
         assert!(!s.selects_namespace(&ns("b").label("env", "dev").build()));
-        assert!(!s.selects_namespace(&ns("c").label("env", "prod").label("team", "legacy").build()));
+        assert!(
+            !s.selects_namespace(&ns("c").label("env", "prod").label("team", "legacy").build())
+        );
     }
 
     #[test]
@@ -177,13 +179,18 @@ mod tests {
                 values: None,
             }]),
         });
-        assert!(matches!(Selection::compile(&sp), Err(SelectionError::BadSelector(_))));
+        assert!(matches!(
+            Selection::compile(&sp),
+            Err(SelectionError::BadSelector(_))
+        ));
     }
 
     #[test]
     fn bad_glob_names_the_field_and_the_glob() {
         let err = Selection::compile(&spec(&["team-[a"], &[], &[])).unwrap_err();
-        assert!(matches!(err, SelectionError::BadGlob { field: "namespaces.include", ref glob, .. } if glob == "team-[a"));
+        assert!(
+            matches!(err, SelectionError::BadGlob { field: "namespaces.include", ref glob, .. } if glob == "team-[a")
+        );
     }
 
     #[test]

@@ -7,15 +7,20 @@
 //! recomputes. Entries regbridge did not add are never touched, and the
 //! `regbridge.dev/added-pull-secrets` annotation records which ones it did.
 
-use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation, TestOperation};
 use json_patch::jsonptr::PointerBuf;
+use json_patch::{
+    AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation, TestOperation,
+};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use serde_json::{Value, json};
 
 use crate::labels::ADDED_ANNOTATION;
 
 fn references(sa: &ServiceAccount) -> impl Iterator<Item = &str> {
-    sa.image_pull_secrets.iter().flatten().map(|r| r.name.as_str())
+    sa.image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.as_str())
 }
 
 /// The names regbridge recorded as added on this ServiceAccount.
@@ -59,7 +64,9 @@ fn guards(sa: &ServiceAccount) -> Vec<PatchOperation> {
         None => test(&["metadata", "annotations"], Value::Null),
         Some(a) => test(
             &["metadata", "annotations", ADDED_ANNOTATION],
-            a.get(ADDED_ANNOTATION).map(|v| Value::String(v.clone())).unwrap_or(Value::Null),
+            a.get(ADDED_ANNOTATION)
+                .map(|v| Value::String(v.clone()))
+                .unwrap_or(Value::Null),
         ),
     };
     vec![test(&["imagePullSecrets"], list_value(sa)), annotation]
@@ -119,7 +126,11 @@ pub fn remove_reference(sa: &ServiceAccount, secret: &str) -> Option<Patch> {
     }
     let mut ops = guards(sa);
     // The last occurrence is the one regbridge appended.
-    if let Some(index) = references(sa).collect::<Vec<_>>().iter().rposition(|n| *n == secret) {
+    if let Some(index) = references(sa)
+        .collect::<Vec<_>>()
+        .iter()
+        .rposition(|n| *n == secret)
+    {
         ops.push(PatchOperation::Remove(RemoveOperation {
             path: pointer(&["imagePullSecrets", &index.to_string()]),
         }));
@@ -165,7 +176,9 @@ mod tests {
 
     #[test]
     fn adding_appends_and_keeps_foreign_entries_in_order() {
-        let s = sa("a", "default").pull_secrets(&["z-first", "a-second"]).build();
+        let s = sa("a", "default")
+            .pull_secrets(&["z-first", "a-second"])
+            .build();
         let out = apply(&s, &add_reference(&s, "regcred").unwrap()).unwrap();
         assert_eq!(names(&out), ["z-first", "a-second", "regcred"]);
     }
@@ -181,7 +194,10 @@ mod tests {
         let seen = sa("a", "default").pull_secrets(&["x"]).build();
         let patch = add_reference(&seen, "regcred").unwrap();
         let now = sa("a", "default").pull_secrets(&["x", "theirs"]).build();
-        assert!(apply(&now, &patch).is_err(), "the test op must guard the list");
+        assert!(
+            apply(&now, &patch).is_err(),
+            "the test op must guard the list"
+        );
     }
 
     #[test]

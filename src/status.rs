@@ -7,8 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::compose::ComposedHost;
-use crate::credentials::EntryReport;
 use crate::crd::{ClusterPullSecretStatus, NamespaceCounts, RegistryStatus};
+use crate::credentials::EntryReport;
 
 /// At most this many conflicting namespaces are listed.
 pub const MAX_LISTED_CONFLICTS: usize = 20;
@@ -47,7 +47,13 @@ impl Verdict {
 }
 
 /// A condition that keeps its `lastTransitionTime` unless its status flips.
-pub fn condition(previous: &[Condition], type_: &str, v: &Verdict, generation: Option<i64>, now: Timestamp) -> Condition {
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    v: &Verdict,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
     let status = if v.ok { "True" } else { "False" };
     let last_transition_time = previous
         .iter()
@@ -77,8 +83,14 @@ pub struct Observation<'a> {
     pub warnings: Vec<String>,
 }
 
-pub fn build(previous: Option<&ClusterPullSecretStatus>, obs: &Observation<'_>, now: Timestamp) -> ClusterPullSecretStatus {
-    let prev_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+pub fn build(
+    previous: Option<&ClusterPullSecretStatus>,
+    obs: &Observation<'_>,
+    now: Timestamp,
+) -> ClusterPullSecretStatus {
+    let prev_conditions = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
     let ready = if !obs.credentials.ok {
         obs.credentials.clone()
     } else if !obs.distributed.ok {
@@ -88,8 +100,20 @@ pub fn build(previous: Option<&ClusterPullSecretStatus>, obs: &Observation<'_>, 
     };
     let conditions = vec![
         condition(prev_conditions, READY, &ready, obs.generation, now),
-        condition(prev_conditions, CREDENTIALS_READY, &obs.credentials, obs.generation, now),
-        condition(prev_conditions, DISTRIBUTED, &obs.distributed, obs.generation, now),
+        condition(
+            prev_conditions,
+            CREDENTIALS_READY,
+            &obs.credentials,
+            obs.generation,
+            now,
+        ),
+        condition(
+            prev_conditions,
+            DISTRIBUTED,
+            &obs.distributed,
+            obs.generation,
+            now,
+        ),
     ];
     let registries: Vec<RegistryStatus> = obs
         .hosts
@@ -105,7 +129,12 @@ pub fn build(previous: Option<&ClusterPullSecretStatus>, obs: &Observation<'_>, 
             }
         })
         .collect();
-    let earliest_expiry = obs.hosts.iter().filter_map(|h| h.expires_at).min().map(rfc3339);
+    let earliest_expiry = obs
+        .hosts
+        .iter()
+        .filter_map(|h| h.expires_at)
+        .min()
+        .map(rfc3339);
     let mut conflicts: Vec<String> = obs.conflicts.to_vec();
     conflicts.sort();
     conflicts.truncate(MAX_LISTED_CONFLICTS);
@@ -127,7 +156,13 @@ pub fn build(previous: Option<&ClusterPullSecretStatus>, obs: &Observation<'_>, 
 
 /// A status for a resource whose spec cannot be acted on: the previous
 /// distribution facts are kept, the conditions say why.
-pub fn invalid(previous: Option<&ClusterPullSecretStatus>, generation: Option<i64>, reason: &str, message: String, now: Timestamp) -> ClusterPullSecretStatus {
+pub fn invalid(
+    previous: Option<&ClusterPullSecretStatus>,
+    generation: Option<i64>,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> ClusterPullSecretStatus {
     let mut status = previous.cloned().unwrap_or_default();
     let verdict = Verdict::fail(reason, message);
     let prev = status.conditions.clone();
@@ -138,7 +173,15 @@ pub fn invalid(previous: Option<&ClusterPullSecretStatus>, generation: Option<i6
         prev.iter()
             .find(|c| c.type_ == DISTRIBUTED)
             .cloned()
-            .unwrap_or_else(|| condition(&prev, DISTRIBUTED, &Verdict::fail("NotAttempted", "the resource is invalid"), generation, now)),
+            .unwrap_or_else(|| {
+                condition(
+                    &prev,
+                    DISTRIBUTED,
+                    &Verdict::fail("NotAttempted", "the resource is invalid"),
+                    generation,
+                    now,
+                )
+            }),
     ];
     status
 }
@@ -164,7 +207,9 @@ mod tests {
     #[test]
     fn unchanged_observation_gives_an_equal_status() {
         let first = build(None, &obs(&[]), Timestamp::UNIX_EPOCH);
-        let later = Timestamp::UNIX_EPOCH.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(600)).unwrap();
+        let later = Timestamp::UNIX_EPOCH
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(600))
+            .unwrap();
         let second = build(Some(&first), &obs(&[]), later);
         assert_eq!(first, second, "no status write when nothing changed");
     }
@@ -181,9 +226,18 @@ mod tests {
     #[test]
     fn invalid_spec_keeps_distribution_counts_and_sets_ready_false() {
         let good = build(None, &obs(&[]), Timestamp::UNIX_EPOCH);
-        let bad = invalid(Some(&good), Some(4), "InvalidSelector", "namespaces.include: bad glob".into(), Timestamp::UNIX_EPOCH);
+        let bad = invalid(
+            Some(&good),
+            Some(4),
+            "InvalidSelector",
+            "namespaces.include: bad glob".into(),
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(bad.namespaces, good.namespaces);
         let ready = bad.conditions.iter().find(|c| c.type_ == READY).unwrap();
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSelector"));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidSelector")
+        );
     }
 }

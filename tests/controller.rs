@@ -13,45 +13,86 @@ const T: Duration = Duration::from_secs(10);
 
 async fn with_dockerhub(spec: Value, namespaces: &[&str]) -> Harness {
     let h = Harness::start_with(|s| {
-        s.create(&Resource::SECRETS, Some(CONTROLLER_NS), dockerhub_secret("me", PASSWORD)).unwrap();
+        s.create(
+            &Resource::SECRETS,
+            Some(CONTROLLER_NS),
+            dockerhub_secret("me", PASSWORD),
+        )
+        .unwrap();
         for ns in namespaces {
             namespace_with_default_sa(s, ns, json!({}));
         }
     })
     .await;
     h.server
-        .create(&Resource::CLUSTER_PULL_SECRETS, None, cluster_pull_secret("company", spec))
+        .create(
+            &Resource::CLUSTER_PULL_SECRETS,
+            None,
+            cluster_pull_secret("company", spec),
+        )
         .unwrap();
     h
 }
 
 fn synced(h: &Harness, ns: &str) -> bool {
-    h.secret(ns, "regcred").is_some() && h.pull_secrets(ns, "default").contains(&"regcred".to_string())
+    h.secret(ns, "regcred").is_some()
+        && h.pull_secrets(ns, "default")
+            .contains(&"regcred".to_string())
 }
 
 #[tokio::test]
 async fn selected_namespaces_get_the_secret_and_default_sa_reference() {
     let h = with_dockerhub(dockerhub_spec(), &["team-a", "team-b", "kube-extra"]).await;
-    wait_for("team-a and team-b synced", T, || synced(&h, "team-a") && synced(&h, "team-b")).await;
+    wait_for("team-a and team-b synced", T, || {
+        synced(&h, "team-a") && synced(&h, "team-b")
+    })
+    .await;
     let copy = h.secret("team-a", "regcred").unwrap();
     assert_eq!(copy["type"], "kubernetes.io/dockerconfigjson");
     let cfg = docker_config(&copy);
-    assert_eq!(cfg["auths"]["https://index.docker.io/v1/"]["username"], "me");
-    assert_eq!(cfg["auths"]["https://index.docker.io/v1/"]["password"], PASSWORD);
+    assert_eq!(
+        cfg["auths"]["https://index.docker.io/v1/"]["username"],
+        "me"
+    );
+    assert_eq!(
+        cfg["auths"]["https://index.docker.io/v1/"]["password"],
+        PASSWORD
+    );
     assert!(cfg["auths"]["https://index.docker.io/v1/"]["auth"].is_string());
     let labels = copy["metadata"]["labels"].as_object().unwrap();
     assert_eq!(labels["app.kubernetes.io/managed-by"], "regbridge");
     assert_eq!(labels["regbridge.dev/cluster-pull-secret"], "company");
-    assert!(!labels.contains_key("argocd.argoproj.io/instance"), "source labels are never copied");
-    assert!(copy["metadata"].get("annotations").is_none(), "source annotations are never copied");
+    assert!(
+        !labels.contains_key("argocd.argoproj.io/instance"),
+        "source labels are never copied"
+    );
+    assert!(
+        copy["metadata"].get("annotations").is_none(),
+        "source annotations are never copied"
+    );
     // byte-identical to the composed source Secret
     let source = h.secret(CONTROLLER_NS, "company").unwrap();
-    assert_eq!(source["data"][".dockerconfigjson"], copy["data"][".dockerconfigjson"]);
-    assert!(h.secret("kube-extra", "regcred").is_none(), "excluded by glob");
-    assert!(h.secret("default", "regcred").is_some(), "empty include selects all");
-    wait_for("Ready=True", T, || h.condition("company", "Ready").map(|c| c.0) == Some("True".into())).await;
+    assert_eq!(
+        source["data"][".dockerconfigjson"],
+        copy["data"][".dockerconfigjson"]
+    );
+    assert!(
+        h.secret("kube-extra", "regcred").is_none(),
+        "excluded by glob"
+    );
+    assert!(
+        h.secret("default", "regcred").is_some(),
+        "empty include selects all"
+    );
+    wait_for("Ready=True", T, || {
+        h.condition("company", "Ready").map(|c| c.0) == Some("True".into())
+    })
+    .await;
     let status = h.cps("company").unwrap()["status"].clone();
-    assert_eq!(status["registries"][0]["host"], "https://index.docker.io/v1/");
+    assert_eq!(
+        status["registries"][0]["host"],
+        "https://index.docker.io/v1/"
+    );
     assert_eq!(status["registries"][0]["provider"], "static");
     h.stop().await;
 }
@@ -59,8 +100,14 @@ async fn selected_namespaces_get_the_secret_and_default_sa_reference() {
 #[tokio::test]
 async fn steady_state_makes_zero_writes() {
     let h = with_dockerhub(dockerhub_spec(), &["a", "b", "c"]).await;
-    wait_for("synced", T, || ["a", "b", "c"].iter().all(|n| synced(&h, n))).await;
-    wait_for("Ready", T, || h.condition("company", "Ready").map(|c| c.0) == Some("True".into())).await;
+    wait_for("synced", T, || {
+        ["a", "b", "c"].iter().all(|n| synced(&h, n))
+    })
+    .await;
+    wait_for("Ready", T, || {
+        h.condition("company", "Ready").map(|c| c.0) == Some("True".into())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     h.server.clear_requests();
     // Unrelated churn: a label change on a namespace triggers reconciles.
@@ -77,7 +124,10 @@ async fn steady_state_makes_zero_writes() {
 async fn new_namespace_and_late_default_sa_are_covered() {
     let h = with_dockerhub(dockerhub_spec(), &[]).await;
     namespace(&h.server, "late", json!({}));
-    wait_for("secret in new namespace", T, || h.secret("late", "regcred").is_some()).await;
+    wait_for("secret in new namespace", T, || {
+        h.secret("late", "regcred").is_some()
+    })
+    .await;
     // The default SA appears after the namespace, as kube-controller-manager adds it.
     service_account(&h.server, "late", "default", &[]);
     wait_for("late default SA patched", T, || synced(&h, "late")).await;
@@ -90,15 +140,26 @@ async fn source_change_propagates_without_recreating() {
     wait_for("synced", T, || synced(&h, "a")).await;
     let uid_before = h.secret("a", "regcred").unwrap()["metadata"]["uid"].clone();
     h.server
-        .update(&Resource::SECRETS, Some(CONTROLLER_NS), dockerhub_secret("me", "rotated-password"))
+        .update(
+            &Resource::SECRETS,
+            Some(CONTROLLER_NS),
+            dockerhub_secret("me", "rotated-password"),
+        )
         .unwrap();
     wait_for("rotated password in copy", T, || {
         h.secret("a", "regcred")
-            .map(|s| docker_config(&s)["auths"]["https://index.docker.io/v1/"]["password"] == "rotated-password")
+            .map(|s| {
+                docker_config(&s)["auths"]["https://index.docker.io/v1/"]["password"]
+                    == "rotated-password"
+            })
             .unwrap_or(false)
     })
     .await;
-    assert_eq!(h.secret("a", "regcred").unwrap()["metadata"]["uid"], uid_before, "updated in place");
+    assert_eq!(
+        h.secret("a", "regcred").unwrap()["metadata"]["uid"],
+        uid_before,
+        "updated in place"
+    );
     h.stop().await;
 }
 
@@ -118,7 +179,11 @@ async fn foreign_secret_is_never_touched_and_reported_as_conflict() {
     })
     .await;
     h.server
-        .create(&Resource::CLUSTER_PULL_SECRETS, None, cluster_pull_secret("company", dockerhub_spec()))
+        .create(
+            &Resource::CLUSTER_PULL_SECRETS,
+            None,
+            cluster_pull_secret("company", dockerhub_spec()),
+        )
         .unwrap();
     wait_for("conflict on status", T, || {
         h.cps("company")
@@ -130,13 +195,20 @@ async fn foreign_secret_is_never_touched_and_reported_as_conflict() {
     let theirs = h.secret("theirs", "regcred").unwrap();
     assert_eq!(theirs["type"], "Opaque");
     assert_eq!(theirs["data"]["k"], "dmFsdWU=", "foreign Secret untouched");
-    assert!(h.pull_secrets("theirs", "default").is_empty(), "SA not pointed at a foreign Secret");
+    assert!(
+        h.pull_secrets("theirs", "default").is_empty(),
+        "SA not pointed at a foreign Secret"
+    );
     let status = h.cps("company").unwrap()["status"].clone();
     assert_eq!(status["conflicts"], json!(["theirs"]));
-    assert_eq!(h.condition("company", "Distributed").unwrap(), ("False".into(), "Conflict".into()));
+    assert_eq!(
+        h.condition("company", "Distributed").unwrap(),
+        ("False".into(), "Conflict".into())
+    );
     let events = h.server.list(&Resource::EVENTS_V1, Some("default"));
     assert!(
-        events.iter().any(|e| e["reason"] == "SecretConflict" && e["note"].as_str().unwrap_or_default().contains("theirs")),
+        events.iter().any(|e| e["reason"] == "SecretConflict"
+            && e["note"].as_str().unwrap_or_default().contains("theirs")),
         "a Warning Event names the conflict: {events:#?}"
     );
     h.stop().await;
@@ -145,22 +217,48 @@ async fn foreign_secret_is_never_touched_and_reported_as_conflict() {
 #[tokio::test]
 async fn concurrent_sa_writer_loses_no_entries() {
     let h = Harness::start_with(|s| {
-        s.create(&Resource::SECRETS, Some(CONTROLLER_NS), dockerhub_secret("me", PASSWORD)).unwrap();
+        s.create(
+            &Resource::SECRETS,
+            Some(CONTROLLER_NS),
+            dockerhub_secret("me", PASSWORD),
+        )
+        .unwrap();
         namespace(s, "busy", json!({}));
         service_account(s, "busy", "default", &["first"]);
     })
     .await;
     // The controller's first patch is refused as if its `test` op failed, and
     // meanwhile another writer appends its own entry.
-    h.server.inject_fault(Fault::new("/serviceaccounts/default", 422).method(Method::PATCH).times(1).reason("Invalid"));
-    let mut sa = h.server.get(&Resource::SERVICE_ACCOUNTS, Some("busy"), "default").unwrap();
-    sa["imagePullSecrets"] = json!([{"name": "first"}, {"name": "other-writer"}]);
-    h.server.update(&Resource::SERVICE_ACCOUNTS, Some("busy"), sa).unwrap();
-    h.server
-        .create(&Resource::CLUSTER_PULL_SECRETS, None, cluster_pull_secret("company", dockerhub_spec()))
+    h.server.inject_fault(
+        Fault::new("/serviceaccounts/default", 422)
+            .method(Method::PATCH)
+            .times(1)
+            .reason("Invalid"),
+    );
+    let mut sa = h
+        .server
+        .get(&Resource::SERVICE_ACCOUNTS, Some("busy"), "default")
         .unwrap();
-    wait_for("reference added", T, || h.pull_secrets("busy", "default").contains(&"regcred".to_string())).await;
-    assert_eq!(h.pull_secrets("busy", "default"), ["first", "other-writer", "regcred"]);
+    sa["imagePullSecrets"] = json!([{"name": "first"}, {"name": "other-writer"}]);
+    h.server
+        .update(&Resource::SERVICE_ACCOUNTS, Some("busy"), sa)
+        .unwrap();
+    h.server
+        .create(
+            &Resource::CLUSTER_PULL_SECRETS,
+            None,
+            cluster_pull_secret("company", dockerhub_spec()),
+        )
+        .unwrap();
+    wait_for("reference added", T, || {
+        h.pull_secrets("busy", "default")
+            .contains(&"regcred".to_string())
+    })
+    .await;
+    assert_eq!(
+        h.pull_secrets("busy", "default"),
+        ["first", "other-writer", "regcred"]
+    );
     let patches: Vec<_> = h
         .server
         .requests()
@@ -169,7 +267,10 @@ async fn concurrent_sa_writer_loses_no_entries() {
         .collect();
     assert!(patches.len() >= 2, "retried after the refusal");
     for p in &patches {
-        assert_eq!(p.content_type.as_deref(), Some("application/json-patch+json"));
+        assert_eq!(
+            p.content_type.as_deref(),
+            Some("application/json-patch+json")
+        );
         let ops = p.body.as_ref().unwrap().as_array().unwrap();
         assert_eq!(ops[0]["op"], "test", "every patch is guarded");
     }
@@ -180,13 +281,24 @@ async fn concurrent_sa_writer_loses_no_entries() {
 async fn conflict_on_secret_update_is_retried() {
     let h = with_dockerhub(dockerhub_spec(), &["a"]).await;
     wait_for("synced", T, || synced(&h, "a")).await;
-    h.server.inject_fault(Fault::new("/namespaces/a/secrets/regcred", 409).method(Method::PUT).times(2));
+    h.server.inject_fault(
+        Fault::new("/namespaces/a/secrets/regcred", 409)
+            .method(Method::PUT)
+            .times(2),
+    );
     h.server
-        .update(&Resource::SECRETS, Some(CONTROLLER_NS), dockerhub_secret("me", "second-password"))
+        .update(
+            &Resource::SECRETS,
+            Some(CONTROLLER_NS),
+            dockerhub_secret("me", "second-password"),
+        )
         .unwrap();
     wait_for("update lands after 409s", Duration::from_secs(30), || {
         h.secret("a", "regcred")
-            .map(|s| docker_config(&s)["auths"]["https://index.docker.io/v1/"]["password"] == "second-password")
+            .map(|s| {
+                docker_config(&s)["auths"]["https://index.docker.io/v1/"]["password"]
+                    == "second-password"
+            })
             .unwrap_or(false)
     })
     .await;
@@ -199,7 +311,12 @@ async fn watches_recover_from_410_gone() {
     wait_for("synced", T, || synced(&h, "a")).await;
     h.server.expire_watches();
     namespace_with_default_sa(&h.server, "after-expiry", json!({}));
-    wait_for("namespace created after 410 is covered", Duration::from_secs(60), || synced(&h, "after-expiry")).await;
+    wait_for(
+        "namespace created after 410 is covered",
+        Duration::from_secs(60),
+        || synced(&h, "after-expiry"),
+    )
+    .await;
     assert!(h.health.ready(std::time::Instant::now()).is_ok());
     h.stop().await;
 }
@@ -207,17 +324,29 @@ async fn watches_recover_from_410_gone() {
 #[tokio::test]
 async fn terminating_namespace_is_skipped() {
     let h = Harness::start_with(|s| {
-        s.create(&Resource::SECRETS, Some(CONTROLLER_NS), dockerhub_secret("me", PASSWORD)).unwrap();
+        s.create(
+            &Resource::SECRETS,
+            Some(CONTROLLER_NS),
+            dockerhub_secret("me", PASSWORD),
+        )
+        .unwrap();
         namespace_with_default_sa(s, "dying", json!({}));
         s.terminate_namespace("dying").unwrap();
         namespace_with_default_sa(s, "alive", json!({}));
     })
     .await;
     h.server
-        .create(&Resource::CLUSTER_PULL_SECRETS, None, cluster_pull_secret("company", dockerhub_spec()))
+        .create(
+            &Resource::CLUSTER_PULL_SECRETS,
+            None,
+            cluster_pull_secret("company", dockerhub_spec()),
+        )
         .unwrap();
     wait_for("alive synced", T, || synced(&h, "alive")).await;
-    wait_for("Ready", T, || h.condition("company", "Ready").map(|c| c.0) == Some("True".into())).await;
+    wait_for("Ready", T, || {
+        h.condition("company", "Ready").map(|c| c.0) == Some("True".into())
+    })
+    .await;
     assert!(h.secret("dying", "regcred").is_none());
     let creates_in_dying = h
         .server
@@ -225,7 +354,10 @@ async fn terminating_namespace_is_skipped() {
         .iter()
         .filter(|r| r.is_write() && r.path.contains("/namespaces/dying/"))
         .count();
-    assert_eq!(creates_in_dying, 0, "no writes are attempted into a terminating namespace");
+    assert_eq!(
+        creates_in_dying, 0,
+        "no writes are attempted into a terminating namespace"
+    );
     h.stop().await;
 }
 
@@ -234,24 +366,43 @@ async fn deselected_namespace_loses_secret_and_only_our_reference() {
     let mut spec = dockerhub_spec();
     spec["namespaces"] = json!({"selector": {"matchLabels": {"pull": "yes"}}});
     let h = Harness::start_with(|s| {
-        s.create(&Resource::SECRETS, Some(CONTROLLER_NS), dockerhub_secret("me", PASSWORD)).unwrap();
+        s.create(
+            &Resource::SECRETS,
+            Some(CONTROLLER_NS),
+            dockerhub_secret("me", PASSWORD),
+        )
+        .unwrap();
         namespace(s, "a", json!({"pull": "yes"}));
         service_account(s, "a", "default", &["keep-me"]);
     })
     .await;
-    h.server.create(&Resource::CLUSTER_PULL_SECRETS, None, cluster_pull_secret("company", spec)).unwrap();
+    h.server
+        .create(
+            &Resource::CLUSTER_PULL_SECRETS,
+            None,
+            cluster_pull_secret("company", spec),
+        )
+        .unwrap();
     wait_for("synced", T, || synced(&h, "a")).await;
     let mut ns = h.server.get(&Resource::NAMESPACES, None, "a").unwrap();
     ns["metadata"]["labels"] = json!({"pull": "no"});
     h.server.update(&Resource::NAMESPACES, None, ns).unwrap();
-    wait_for("cleaned", T, || h.secret("a", "regcred").is_none() && h.pull_secrets("a", "default") == ["keep-me"]).await;
+    wait_for("cleaned", T, || {
+        h.secret("a", "regcred").is_none() && h.pull_secrets("a", "default") == ["keep-me"]
+    })
+    .await;
     h.stop().await;
 }
 
 #[tokio::test]
 async fn deleting_the_resource_removes_everything_it_added() {
     let h = Harness::start_with(|s| {
-        s.create(&Resource::SECRETS, Some(CONTROLLER_NS), dockerhub_secret("me", PASSWORD)).unwrap();
+        s.create(
+            &Resource::SECRETS,
+            Some(CONTROLLER_NS),
+            dockerhub_secret("me", PASSWORD),
+        )
+        .unwrap();
         namespace(s, "a", json!({}));
         service_account(s, "a", "default", &["keep-me"]);
         service_account(s, "a", "builder", &[]);
@@ -259,19 +410,38 @@ async fn deleting_the_resource_removes_everything_it_added() {
     .await;
     let mut spec = dockerhub_spec();
     spec["serviceAccounts"] = json!(["*"]);
-    h.server.create(&Resource::CLUSTER_PULL_SECRETS, None, cluster_pull_secret("company", spec)).unwrap();
-    wait_for("synced", T, || synced(&h, "a") && h.pull_secrets("a", "builder") == ["regcred"]).await;
-    wait_for("finalizer", T, || {
-        h.cps("company").map(|c| c["metadata"]["finalizers"] == json!(["regbridge.dev/cleanup"])).unwrap_or(false)
+    h.server
+        .create(
+            &Resource::CLUSTER_PULL_SECRETS,
+            None,
+            cluster_pull_secret("company", spec),
+        )
+        .unwrap();
+    wait_for("synced", T, || {
+        synced(&h, "a") && h.pull_secrets("a", "builder") == ["regcred"]
     })
     .await;
-    h.server.delete(&Resource::CLUSTER_PULL_SECRETS, None, "company").unwrap();
+    wait_for("finalizer", T, || {
+        h.cps("company")
+            .map(|c| c["metadata"]["finalizers"] == json!(["regbridge.dev/cleanup"]))
+            .unwrap_or(false)
+    })
+    .await;
+    h.server
+        .delete(&Resource::CLUSTER_PULL_SECRETS, None, "company")
+        .unwrap();
     wait_for("resource gone", T, || h.cps("company").is_none()).await;
     assert!(h.secret("a", "regcred").is_none());
-    assert!(h.secret(CONTROLLER_NS, "company").is_none(), "source Secret removed");
+    assert!(
+        h.secret(CONTROLLER_NS, "company").is_none(),
+        "source Secret removed"
+    );
     assert_eq!(h.pull_secrets("a", "default"), ["keep-me"]);
     assert!(h.pull_secrets("a", "builder").is_empty());
-    assert!(h.secret(CONTROLLER_NS, "dockerhub").is_some(), "user's source is untouched");
+    assert!(
+        h.secret(CONTROLLER_NS, "dockerhub").is_some(),
+        "user's source is untouched"
+    );
     h.stop().await;
 }
 
@@ -281,7 +451,11 @@ async fn older_resource_wins_a_shared_secret_name() {
     wait_for("synced", T, || synced(&h, "a")).await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // creation timestamps have second precision
     h.server
-        .create(&Resource::CLUSTER_PULL_SECRETS, None, cluster_pull_secret("younger", dockerhub_spec()))
+        .create(
+            &Resource::CLUSTER_PULL_SECRETS,
+            None,
+            cluster_pull_secret("younger", dockerhub_spec()),
+        )
         .unwrap();
     wait_for("younger reports the conflict", T, || {
         h.cps("younger")
@@ -291,9 +465,14 @@ async fn older_resource_wins_a_shared_secret_name() {
     })
     .await;
     let copy = h.secret("a", "regcred").unwrap();
-    assert_eq!(copy["metadata"]["labels"]["regbridge.dev/cluster-pull-secret"], "company");
+    assert_eq!(
+        copy["metadata"]["labels"]["regbridge.dev/cluster-pull-secret"],
+        "company"
+    );
     // Deleting the older one hands the namespace over.
-    h.server.delete(&Resource::CLUSTER_PULL_SECRETS, None, "company").unwrap();
+    h.server
+        .delete(&Resource::CLUSTER_PULL_SECRETS, None, "company")
+        .unwrap();
     wait_for("younger takes over", T, || {
         h.secret("a", "regcred")
             .map(|s| s["metadata"]["labels"]["regbridge.dev/cluster-pull-secret"] == "younger")
@@ -311,13 +490,21 @@ async fn invalid_resource_changes_nothing_already_distributed() {
     let before = h.secret("a", "regcred").unwrap();
     let mut cps = h.cps("company").unwrap();
     cps["spec"]["namespaces"]["include"] = json!(["team-[a"]);
-    h.server.update(&Resource::CLUSTER_PULL_SECRETS, None, cps).unwrap();
+    h.server
+        .update(&Resource::CLUSTER_PULL_SECRETS, None, cps)
+        .unwrap();
     wait_for("Ready=False InvalidSelector", T, || {
         h.condition("company", "Ready") == Some(("False".into(), "InvalidSelector".into()))
     })
     .await;
-    let msg = h.cps("company").unwrap()["status"]["conditions"][0]["message"].as_str().unwrap().to_string();
-    assert!(msg.contains("team-[a"), "the message names the bad glob: {msg}");
+    let msg = h.cps("company").unwrap()["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("team-[a"),
+        "the message names the bad glob: {msg}"
+    );
     assert_eq!(h.secret("a", "regcred").unwrap(), before);
     assert!(synced(&h, "a"));
     // No spinning: a bounded number of reconciles while invalid.
@@ -331,14 +518,30 @@ async fn invalid_resource_changes_nothing_already_distributed() {
 async fn missing_source_secret_sets_ready_false_with_its_name() {
     let h = Harness::start_with(|s| namespace_with_default_sa(s, "a", json!({}))).await;
     h.server
-        .create(&Resource::CLUSTER_PULL_SECRETS, None, cluster_pull_secret("company", dockerhub_spec()))
+        .create(
+            &Resource::CLUSTER_PULL_SECRETS,
+            None,
+            cluster_pull_secret("company", dockerhub_spec()),
+        )
         .unwrap();
-    wait_for("Ready=False", T, || h.condition("company", "Ready").map(|c| c.0) == Some("False".into())).await;
-    let msg = h.cps("company").unwrap()["status"]["conditions"][0]["message"].as_str().unwrap().to_string();
+    wait_for("Ready=False", T, || {
+        h.condition("company", "Ready").map(|c| c.0) == Some("False".into())
+    })
+    .await;
+    let msg = h.cps("company").unwrap()["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(msg.contains("regbridge/dockerhub"), "{msg}");
     assert!(h.secret("a", "regcred").is_none());
     // Creating the Secret fixes it without touching the resource.
-    h.server.create(&Resource::SECRETS, Some(CONTROLLER_NS), dockerhub_secret("me", PASSWORD)).unwrap();
+    h.server
+        .create(
+            &Resource::SECRETS,
+            Some(CONTROLLER_NS),
+            dockerhub_secret("me", PASSWORD),
+        )
+        .unwrap();
     wait_for("synced after fix", T, || synced(&h, "a")).await;
     h.stop().await;
 }
@@ -347,8 +550,13 @@ async fn missing_source_secret_sets_ready_false_with_its_name() {
 async fn credentials_never_reach_status_or_events() {
     let h = with_dockerhub(dockerhub_spec(), &["a"]).await;
     wait_for("synced", T, || synced(&h, "a")).await;
-    h.server.delete(&Resource::SECRETS, Some(CONTROLLER_NS), "dockerhub").unwrap();
-    wait_for("Ready=False", T, || h.condition("company", "Ready").map(|c| c.0) == Some("False".into())).await;
+    h.server
+        .delete(&Resource::SECRETS, Some(CONTROLLER_NS), "dockerhub")
+        .unwrap();
+    wait_for("Ready=False", T, || {
+        h.condition("company", "Ready").map(|c| c.0) == Some("False".into())
+    })
+    .await;
     let status = serde_json::to_string(&h.cps("company").unwrap()["status"]).unwrap();
     assert!(!status.contains(PASSWORD));
     let events = serde_json::to_string(&h.server.list(&Resource::EVENTS, None)).unwrap();

@@ -11,7 +11,8 @@ fn repo() -> PathBuf {
 #[test]
 fn checked_in_crd_is_identical_to_regbridge_crd() {
     let path = repo().join("deploy/crds/clusterpullsecret.yaml");
-    let on_disk = std::fs::read_to_string(&path).expect("deploy/crds/clusterpullsecret.yaml exists");
+    let on_disk =
+        std::fs::read_to_string(&path).expect("deploy/crds/clusterpullsecret.yaml exists");
     assert!(
         on_disk == crd_yaml(),
         "{} is stale: regenerate it with `cargo run -- crd > {}`",
@@ -46,7 +47,10 @@ fn every_example_resource_parses_as_a_cluster_pull_secret() {
         let parsed: Result<ClusterPullSecret, _> = serde_json::from_value(value);
         assert!(parsed.is_ok(), "{path}: {:?}", parsed.err());
         let cps = parsed.unwrap();
-        assert!(regbridge::selection::Selection::compile(&cps.spec).is_ok(), "{path}: selection compiles");
+        assert!(
+            regbridge::selection::Selection::compile(&cps.spec).is_ok(),
+            "{path}: selection compiles"
+        );
     }
 }
 

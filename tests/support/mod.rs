@@ -72,7 +72,10 @@ impl Harness {
             task: Some(task),
         };
         let health = h.health.clone();
-        wait_for("caches to sync", Duration::from_secs(10), || health.ready(Instant::now()).is_ok()).await;
+        wait_for("caches to sync", Duration::from_secs(10), || {
+            health.ready(Instant::now()).is_ok()
+        })
+        .await;
         h
     }
 
@@ -120,7 +123,10 @@ impl Harness {
 pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -147,7 +153,9 @@ pub fn service_account(server: &StandIn, ns: &str, name: &str, pull_secrets: &[&
     if !pull_secrets.is_empty() {
         sa["imagePullSecrets"] = pull_secrets.iter().map(|n| json!({"name": n})).collect();
     }
-    server.create(&Resource::SERVICE_ACCOUNTS, Some(ns), sa).expect("service account");
+    server
+        .create(&Resource::SERVICE_ACCOUNTS, Some(ns), sa)
+        .expect("service account");
 }
 
 /// The Docker Hub account in the controller's namespace.
@@ -177,6 +185,9 @@ pub fn dockerhub_spec() -> Value {
 
 /// The decoded `.dockerconfigjson` of a Secret.
 pub fn docker_config(secret: &Value) -> Value {
-    let b64 = secret.pointer("/data/.dockerconfigjson").and_then(Value::as_str).unwrap_or_default();
+    let b64 = secret
+        .pointer("/data/.dockerconfigjson")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     serde_json::from_slice(&STANDARD.decode(b64).unwrap_or_default()).unwrap_or(Value::Null)
 }
