@@ -2,6 +2,7 @@
 //! concurrency, checks ownership before every write, and retries the one
 //! write that races other writers (the ServiceAccount list) from fresh state.
 
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -82,19 +83,36 @@ fn status_code(e: &kube::Error) -> Option<u16> {
 
 impl Writer<'_> {
     pub async fn execute(&self, plan: Plan) -> Outcome {
-        // Secrets come first in the queue, so references rarely precede the
-        // Secret they name (kubelet retries either way).
-        let mut jobs: Vec<futures::future::BoxFuture<'_, Done>> = Vec::new();
-        for w in plan.secrets {
-            jobs.push(self.secret(w).boxed());
-        }
-        for w in plan.service_accounts {
-            jobs.push(self.service_account(w).boxed());
-        }
-        let results: Vec<Done> = stream::iter(jobs)
+        // Secrets first: a create that meets a foreign Secret (which the
+        // cache cannot show) must keep that namespace's ServiceAccounts from
+        // being pointed at it.
+        let secret_jobs: Vec<BoxFuture<'_, Done>> = plan
+            .secrets
+            .into_iter()
+            .map(|w| self.secret(w).boxed())
+            .collect();
+        let mut results: Vec<Done> = stream::iter(secret_jobs)
             .buffer_unordered(self.concurrency.max(1))
             .collect()
             .await;
+        let foreign: Vec<&str> = results
+            .iter()
+            .filter_map(|r| match r {
+                Done::Foreign(ns) => Some(ns.as_str()),
+                _ => None,
+            })
+            .collect();
+        let account_jobs: Vec<BoxFuture<'_, Done>> = plan
+            .service_accounts
+            .into_iter()
+            .filter(|w| !(patch_adds(&w.patch) && foreign.contains(&w.namespace.as_str())))
+            .map(|w| self.service_account(w).boxed())
+            .collect();
+        let accounts: Vec<Done> = stream::iter(account_jobs)
+            .buffer_unordered(self.concurrency.max(1))
+            .collect()
+            .await;
+        results.extend(accounts);
         let mut out = Outcome::default();
         for r in results {
             match r {
