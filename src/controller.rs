@@ -708,7 +708,7 @@ pub fn error_policy(cps: Arc<ClusterPullSecret>, error: &Error, ctx: Arc<Context
 }
 
 /// A watch whose objects are trimmed to what the planner reads, whose
-/// errors are counted and reflected in readiness, and which backs off and
+/// progress and errors feed readiness and metrics, and which backs off and
 /// recovers on its own (410 Gone included: the watcher relists).
 fn cached<K>(
     name: &'static str,
@@ -719,7 +719,7 @@ fn cached<K>(
     trim: impl FnMut(&mut K) + Send + 'static,
 ) -> (
     Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 )
 where
     K: kube::Resource<DynamicType = ()>
@@ -731,10 +731,15 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
+    health.register(name);
     let stream = watcher(api, config)
         .modify(trim)
         .map(move |event| {
             match &event {
+                Ok(watcher::Event::InitDone) => {
+                    health.watch_ok(name);
+                    health.watch_synced(name);
+                }
                 Ok(_) => health.watch_ok(name),
                 Err(e) => {
                     health.watch_failed(name);
@@ -748,9 +753,17 @@ where
             event
         })
         .default_backoff()
-        .reflect(writer)
-        .touched_objects();
+        .reflect(writer);
     (store, stream)
+}
+
+/// Each watch backs off on its own and its errors are already counted; kept
+/// from the controller, an error would back off the combined trigger stream,
+/// delaying every other watch with it.
+fn triggers<K: Send + 'static>(
+    stream: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    stream.filter(|r| std::future::ready(r.is_ok()))
 }
 
 fn keep_annotation<K: Resource>(obj: &mut K, keep: &str) {
@@ -811,28 +824,26 @@ pub async fn run(
         metrics.clone(),
         |s: &mut Secret| s.metadata.managed_fields = None,
     );
+    let (resources, resources_stream) = cached(
+        "clusterpullsecrets",
+        resources,
+        watcher::Config::default(),
+        health.clone(),
+        metrics.clone(),
+        |c: &mut ClusterPullSecret| c.metadata.managed_fields = None,
+    );
     let (trigger_all, all_rx) = tokio::sync::mpsc::unbounded_channel();
-    let controller = Controller::new(resources, watcher::Config::default());
+    let controller = Controller::for_stream(
+        triggers(resources_stream.applied_objects()),
+        resources.clone(),
+    );
     let stores = Stores {
-        resources: controller.store(),
+        resources,
         namespaces,
         service_accounts,
         managed,
         sources,
     };
-    {
-        let stores = stores.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            // The controller's own store gates its runner by itself.
-            let ok = stores.namespaces.wait_until_ready().await.is_ok()
-                && stores.service_accounts.wait_until_ready().await.is_ok()
-                && stores.managed.wait_until_ready().await.is_ok()
-                && stores.sources.wait_until_ready().await.is_ok();
-            health.set_synced(ok);
-            info!("caches synced");
-        });
-    }
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -864,10 +875,19 @@ pub async fn run(
         }
     };
     controller
-        .watches_stream(ns_stream, all(stores.resources.clone()))
-        .watches_stream(sa_stream, all(stores.resources.clone()))
-        .watches_stream(managed_stream, by_label)
-        .watches_stream(sources_stream, all(stores.resources.clone()))
+        .watches_stream(
+            triggers(ns_stream.touched_objects()),
+            all(stores.resources.clone()),
+        )
+        .watches_stream(
+            triggers(sa_stream.touched_objects()),
+            all(stores.resources.clone()),
+        )
+        .watches_stream(triggers(managed_stream.touched_objects()), by_label)
+        .watches_stream(
+            triggers(sources_stream.touched_objects()),
+            all(stores.resources.clone()),
+        )
         .reconcile_all_on(tokio_stream_from(all_rx))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -1,10 +1,14 @@
 //! Probes and metrics over HTTP. Readiness reflects the caches: false until
-//! every watch has synced, and false again while any watch has been failing
-//! for longer than [`STUCK_AFTER`], so a silently stuck controller shows.
+//! every registered watch has listed once, and false again while any watch
+//! has been failing for longer than [`STUCK_AFTER`], so a silently stuck
+//! controller shows.
+//!
+//! Sync is tracked from each watch's own `InitDone` rather than
+//! `Store::wait_until_ready`: that future wakes only its latest waiter, and
+//! kube's controller runner already waits on the main store.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,14 +24,25 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub struct Health {
-    synced: AtomicBool,
+    /// Each registered watch, and whether it has listed once.
+    synced: Mutex<HashMap<&'static str, bool>>,
     /// Since when each failing watch has been failing.
     failing: Mutex<HashMap<&'static str, Instant>>,
 }
 
 impl Health {
-    pub fn set_synced(&self, synced: bool) {
-        self.synced.store(synced, Ordering::SeqCst);
+    /// A watch readiness waits for.
+    pub fn register(&self, watch: &'static str) {
+        self.synced
+            .lock()
+            .expect("health lock")
+            .entry(watch)
+            .or_insert(false);
+    }
+
+    /// The watch has delivered its initial list.
+    pub fn watch_synced(&self, watch: &'static str) {
+        self.synced.lock().expect("health lock").insert(watch, true);
     }
 
     pub fn watch_failed(&self, watch: &'static str) {
@@ -44,8 +59,20 @@ impl Health {
 
     /// `Err` names why the process is not ready.
     pub fn ready(&self, now: Instant) -> Result<(), String> {
-        if !self.synced.load(Ordering::SeqCst) {
-            return Err("caches not synced".into());
+        {
+            let synced = self.synced.lock().expect("health lock");
+            let mut pending: Vec<&str> = synced
+                .iter()
+                .filter(|(_, ok)| !**ok)
+                .map(|(w, _)| *w)
+                .collect();
+            if synced.is_empty() {
+                return Err("no watch started yet".into());
+            }
+            if !pending.is_empty() {
+                pending.sort();
+                return Err(format!("caches not synced: {}", pending.join(", ")));
+            }
         }
         let failing = self.failing.lock().expect("health lock");
         let mut stuck: Vec<&str> = failing
@@ -111,17 +138,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn not_ready_until_synced() {
+    fn not_ready_until_every_registered_watch_synced() {
         let h = Health::default();
         assert!(h.ready(Instant::now()).is_err());
-        h.set_synced(true);
+        h.register("namespaces");
+        h.register("secrets");
+        h.watch_synced("namespaces");
+        let err = h.ready(Instant::now()).unwrap_err();
+        assert!(
+            err.contains("secrets") && !err.contains("namespaces"),
+            "{err}"
+        );
+        h.watch_synced("secrets");
         assert!(h.ready(Instant::now()).is_ok());
     }
 
     #[test]
     fn a_watch_failing_for_over_a_minute_makes_it_unready() {
         let h = Health::default();
-        h.set_synced(true);
+        h.register("namespaces");
+        h.watch_synced("namespaces");
         h.watch_failed("namespaces");
         let now = Instant::now();
         assert!(h.ready(now).is_ok(), "a brief failure is tolerated");
