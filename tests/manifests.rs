@@ -21,6 +21,35 @@ fn checked_in_crd_is_identical_to_regbridge_crd() {
     );
 }
 
+#[test]
+fn chart_crd_is_identical_to_the_checked_in_crd() {
+    let chart = repo().join("deploy/helm/regbridge/crds/clusterpullsecret.yaml");
+    let on_disk = std::fs::read_to_string(&chart).expect("the chart's CRD exists");
+    assert!(
+        on_disk == crd_yaml(),
+        "{} is stale: regenerate it with `cargo run -- crd > {}`",
+        chart.display(),
+        chart.display()
+    );
+}
+
+#[test]
+fn chart_app_version_is_the_crate_version() {
+    let text = std::fs::read_to_string(repo().join("deploy/helm/regbridge/Chart.yaml")).unwrap();
+    let chart: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(
+        chart["appVersion"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "Chart.yaml appVersion follows Cargo.toml's version"
+    );
+    let text = std::fs::read_to_string(repo().join("deploy/helm/regbridge/values.yaml")).unwrap();
+    let values: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(
+        values["image"]["tag"], "",
+        "the image tag defaults to appVersion"
+    );
+}
+
 fn example_resources(dir: &Path) -> Vec<(String, serde_json::Value)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -10,6 +10,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS="$ROOT/tests/.peers"          # peer state and logs (git-ignored)
 MOTO_VERSION="5.2.1"
+# Helm's engine (Helm 4's Go library) for the chart checks. It declares
+# Python >= 3.12 but works on 3.11, hence --ignore-requires-python.
+HELM_SDKPY_VERSION="0.1.32"
 REGISTRY_USER="regbridge"
 REGISTRY_PASSWORD="regbridge-e2e-$RANDOM$RANDOM"
 # Other builds may share this machine's target dir; take turns with them.
@@ -60,6 +63,14 @@ install_moto() {
   fi
   log "pip install moto[server]==$MOTO_VERSION"
   python3 -m pip install -q "moto[server]==$MOTO_VERSION"
+}
+
+install_helm_sdkpy() {
+  if python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('helm-sdkpy') != '$HELM_SDKPY_VERSION')" 2>/dev/null; then
+    return
+  fi
+  log "pip install helm-sdkpy==$HELM_SDKPY_VERSION"
+  python3 -m pip install -q --ignore-requires-python "helm-sdkpy==$HELM_SDKPY_VERSION"
 }
 
 free_port() {
@@ -129,6 +140,15 @@ check_clippy() {
   cargo_ clippy --workspace --all-targets --all-features --locked -- -D warnings
 }
 
+# Helm lint, then renders with default and non-default values into
+# tests/.peers/chart/, which tests/chart.rs checks during run_tests.
+check_chart() {
+  log "helm lint and render (helm-sdkpy $HELM_SDKPY_VERSION)"
+  rm -rf "$PEERS/chart"
+  python3 "$ROOT/tests/chart_render.py" "$PEERS/chart"
+  export REGBRIDGE_CHART_DIR="$PEERS/chart"
+}
+
 run_tests() {
   log "cargo test"
   export REGBRIDGE_REQUIRE_PEERS=1
@@ -140,7 +160,7 @@ build_release() {
   cargo_ build --release --locked
 }
 
-STEPS=(check_fmt check_clippy run_tests build_release)
+STEPS=(check_fmt check_clippy check_chart run_tests build_release)
 
 # `tests/run.sh` runs every step; `tests/run.sh run_tests` only the named ones
 # (the peers are started either way).
@@ -155,6 +175,7 @@ main() {
   trap stop_peers EXIT
   install_packages
   install_moto
+  install_helm_sdkpy
   start_moto
   start_registry
   for step in "${steps[@]}"; do

@@ -1,0 +1,395 @@
+//! The Helm chart as Helm renders it. `tests/run.sh` (step `check_chart`)
+//! lints the chart and renders it with default and non-default values through
+//! Helm's own engine (`tests/chart_render.py`) into `tests/.peers/chart/`, or
+//! the directory in `REGBRIDGE_CHART_DIR`. These tests read those files; they
+//! skip when the files are missing, unless `REGBRIDGE_REQUIRE_PEERS=1`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::CommandFactory;
+use regbridge::cli::Cli;
+use regbridge::crd::ClusterPullSecret;
+use serde_json::{Value, json};
+
+const NAMESPACE: &str = "regbridge";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The rendered file `name`, or `None` when the renders are absent and not required.
+fn rendered(name: &str) -> Option<String> {
+    let dir = std::env::var_os("REGBRIDGE_CHART_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("tests/.peers/chart"));
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(e) if std::env::var("REGBRIDGE_REQUIRE_PEERS").as_deref() == Ok("1") => {
+            panic!(
+                "{}: {e}; run `tests/run.sh check_chart` first",
+                path.display()
+            )
+        }
+        Err(_) => {
+            eprintln!(
+                "skipped: {} is missing (tests/run.sh check_chart renders it)",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// Every document of a multi-document YAML stream, empty ones dropped.
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| {
+            let v: Value = serde::Deserialize::deserialize(doc).expect("valid YAML");
+            v
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+struct Rendering {
+    docs: Vec<Value>,
+}
+
+impl Rendering {
+    fn load(name: &str) -> Option<Self> {
+        let docs = documents(&rendered(name)?);
+        for d in &docs {
+            for field in ["apiVersion", "kind"] {
+                assert!(
+                    d[field].is_string(),
+                    "{name}: a document without {field}: {d}"
+                );
+            }
+            assert!(
+                d.pointer("/metadata/name").is_some_and(Value::is_string),
+                "{name}: a document without metadata.name: {d}"
+            );
+        }
+        Some(Self { docs })
+    }
+
+    fn all(&self, kind: &str) -> Vec<&Value> {
+        self.docs.iter().filter(|d| d["kind"] == kind).collect()
+    }
+
+    fn one(&self, kind: &str) -> &Value {
+        let found = self.all(kind);
+        assert_eq!(found.len(), 1, "exactly one {kind}");
+        found[0]
+    }
+
+    fn container(&self) -> &Value {
+        let containers = &self.one("Deployment")["spec"]["template"]["spec"]["containers"];
+        assert_eq!(containers.as_array().map(Vec::len), Some(1));
+        &containers[0]
+    }
+
+    fn env(&self) -> BTreeMap<String, Value> {
+        self.container()["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
+            .collect()
+    }
+
+    fn grants(&self, group: &str, resource: &str, verb: &str) -> bool {
+        ["ClusterRole", "Role"].iter().any(|kind| {
+            self.all(kind).iter().any(|role| {
+                role["rules"].as_array().into_iter().flatten().any(|r| {
+                    let has = |key: &str, want: &str| {
+                        r[key].as_array().into_iter().flatten().any(|v| v == want)
+                    };
+                    has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+                })
+            })
+        })
+    }
+}
+
+fn chart_yaml() -> Value {
+    let text = std::fs::read_to_string(repo().join("deploy/helm/regbridge/Chart.yaml")).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+#[test]
+fn chart_passes_helm_lint() {
+    let Some(text) = rendered("lint.json") else {
+        return;
+    };
+    let lint: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(lint["TotalChartsLinted"], 1);
+    assert!(lint["Errors"].is_null(), "lint errors: {lint:#}");
+    // Helm's severities: 1 info, 2 warning, 3 error.
+    for m in lint["Messages"].as_array().into_iter().flatten() {
+        assert!(
+            m["Severity"].as_u64().unwrap_or(3) < 2,
+            "lint warning or error: {m}"
+        );
+    }
+}
+
+#[test]
+fn default_rendering_is_the_checked_in_plain_manifest() {
+    let Some(text) = rendered("default.yaml") else {
+        return;
+    };
+    let path = repo().join("deploy/manifests/regbridge.yaml");
+    let on_disk = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        on_disk == text,
+        "{} is stale: regenerate it with `tests/run.sh check_chart && cp tests/.peers/chart/default.yaml {}`",
+        path.display(),
+        path.display()
+    );
+    let r = Rendering::load("default.yaml").unwrap();
+    assert_eq!(r.one("Namespace")["metadata"]["name"], NAMESPACE);
+    assert_eq!(
+        r.one("CustomResourceDefinition")["metadata"]["name"],
+        "clusterpullsecrets.regbridge.dev"
+    );
+}
+
+#[test]
+fn deployment_meets_the_restricted_pod_security_standard() {
+    for name in ["default.yaml", "custom.yaml"] {
+        let Some(r) = Rendering::load(name) else {
+            return;
+        };
+        let pod = &r.one("Deployment")["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{name}"
+        );
+        for forbidden in ["hostNetwork", "hostPID", "hostIPC"] {
+            assert!(pod.get(forbidden).is_none(), "{name}: {forbidden}");
+        }
+        for v in pod["volumes"].as_array().into_iter().flatten() {
+            assert!(v.get("hostPath").is_none(), "{name}: hostPath volume");
+        }
+        let sc = &r.container()["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(sc["runAsNonRoot"], true, "{name}");
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{name}");
+        assert!(sc["capabilities"].get("add").is_none(), "{name}");
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        assert!(sc.get("privileged").is_none_or(|p| p == false), "{name}");
+        let res = &r.container()["resources"];
+        for k in ["requests", "limits"] {
+            assert!(res[k]["cpu"].is_string(), "{name}: {k}.cpu");
+            assert!(res[k]["memory"].is_string(), "{name}: {k}.memory");
+        }
+    }
+}
+
+#[test]
+fn default_deployment_runs_two_replicas_with_leader_election_and_probes() {
+    let Some(r) = Rendering::load("default.yaml") else {
+        return;
+    };
+    let d = r.one("Deployment");
+    assert_eq!(d["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(d["spec"]["replicas"], 2);
+    let c = r.container();
+    let app_version = chart_yaml()["appVersion"].as_str().unwrap().to_string();
+    assert_eq!(
+        c["image"],
+        format!("ghcr.io/regbridge/regbridge:{app_version}"),
+        "the image tag defaults to appVersion"
+    );
+    assert_eq!(c["args"], json!(["run"]));
+    let port = &c["ports"][0];
+    assert_eq!(port["name"], "http-metrics");
+    assert_eq!(port["containerPort"], 8080);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http-metrics");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http-metrics");
+
+    let env = r.env();
+    assert_eq!(env["REGBRIDGE_NAMESPACE"]["value"], NAMESPACE);
+    assert_eq!(
+        env["REGBRIDGE_INSTANCE"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(env["REGBRIDGE_LOG_FORMAT"]["value"], "json");
+    assert_eq!(env["REGBRIDGE_METRICS_ADDR"]["value"], "0.0.0.0:8080");
+    assert_eq!(env["REGBRIDGE_LEADER_ELECTION"]["value"], "true");
+
+    let pdb = r.one("PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    let svc = r.one("Service");
+    assert_eq!(
+        svc["spec"]["selector"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http-metrics");
+    assert!(r.all("ServiceMonitor").is_empty(), "off by default");
+    assert!(r.all("ClusterPullSecret").is_empty(), "none by default");
+    let sa = r.one("ServiceAccount");
+    assert!(sa["metadata"].get("annotations").is_none());
+    assert_eq!(
+        d["spec"]["template"]["spec"]["serviceAccountName"],
+        sa["metadata"]["name"]
+    );
+    assert!(
+        !r.grants("", "serviceaccounts/token", "create"),
+        "token requests only with perTenantIdentity.enabled"
+    );
+}
+
+/// Every `REGBRIDGE_*` variable the chart sets is one `regbridge run` reads.
+#[test]
+fn every_env_var_the_chart_sets_is_a_flag_of_regbridge_run() {
+    let cmd = Cli::command();
+    let mut known: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    let run = cmd.find_subcommand("run").expect("run subcommand");
+    known.extend(
+        run.get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned())),
+    );
+    for name in ["default.yaml", "custom.yaml"] {
+        let Some(r) = Rendering::load(name) else {
+            return;
+        };
+        for var in r.env().keys().filter(|k| k.starts_with("REGBRIDGE_")) {
+            assert!(
+                known.contains(var),
+                "{name}: {var} is not read by regbridge run"
+            );
+        }
+    }
+}
+
+#[test]
+fn custom_values_reach_every_optional_part() {
+    let Some(r) = Rendering::load("custom.yaml") else {
+        return;
+    };
+    let d = r.one("Deployment");
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["metadata"]["name"], "pull-bridge");
+    assert_eq!(
+        r.container()["image"],
+        "registry.example.com/mirror/regbridge:0.1.0-rc1"
+    );
+    let env = r.env();
+    assert_eq!(env["REGBRIDGE_LOG_FORMAT"]["value"], "text");
+    assert_eq!(env["REGBRIDGE_METRICS_ADDR"]["value"], "0.0.0.0:9090");
+    assert_eq!(env["REGBRIDGE_LEASE_NAME"]["value"], "pull-bridge-leader");
+    assert_eq!(env["AWS_REGION"]["value"], "eu-west-1");
+    assert_eq!(r.container()["ports"][0]["containerPort"], 9090);
+
+    let sa = r.one("ServiceAccount");
+    assert_eq!(sa["metadata"]["name"], "pull-bridge-controller");
+    assert_eq!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::111122223333:role/regbridge"
+    );
+    assert_eq!(
+        sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"],
+        "regbridge@my-project.iam.gserviceaccount.com"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["serviceAccountName"],
+        "pull-bridge-controller"
+    );
+    for kind in ["ClusterRoleBinding", "RoleBinding"] {
+        for b in r.all(kind) {
+            assert_eq!(
+                b["subjects"],
+                json!([{"kind": "ServiceAccount", "name": "pull-bridge-controller", "namespace": NAMESPACE}]),
+                "{kind} {}",
+                b["metadata"]["name"]
+            );
+        }
+    }
+    assert_eq!(r.one("PodDisruptionBudget")["spec"]["minAvailable"], 2);
+
+    let svc = r.one("Service");
+    let sm = r.one("ServiceMonitor");
+    assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["port"],
+        svc["spec"]["ports"][0]["name"]
+    );
+    assert_eq!(sm["spec"]["endpoints"][0]["interval"], "15s");
+    let wanted = sm["spec"]["selector"]["matchLabels"].as_object().unwrap();
+    for (k, v) in wanted {
+        assert_eq!(
+            &svc["metadata"]["labels"][k], v,
+            "ServiceMonitor selects the Service"
+        );
+    }
+    assert!(r.grants("", "serviceaccounts/token", "create"));
+}
+
+#[test]
+fn cluster_pull_secrets_from_values_parse_as_the_resource() {
+    let Some(r) = Rendering::load("custom.yaml") else {
+        return;
+    };
+    let found = r.all("ClusterPullSecret");
+    assert_eq!(found.len(), 2);
+    for v in found {
+        let cps: ClusterPullSecret =
+            serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v:#}"));
+        assert!(regbridge::selection::Selection::compile(&cps.spec).is_ok());
+        assert!(v["metadata"].get("namespace").is_none(), "cluster-scoped");
+    }
+    let ecr = r
+        .all("ClusterPullSecret")
+        .into_iter()
+        .find(|v| v["metadata"]["name"] == "ecr")
+        .unwrap();
+    assert_eq!(ecr["metadata"]["labels"]["team"], "platform");
+    assert_eq!(ecr["spec"]["refreshBefore"], "2h");
+}
+
+#[test]
+fn per_tenant_identity_adds_only_token_requests() {
+    let (Some(base), Some(tenant)) = (
+        Rendering::load("default.yaml"),
+        Rendering::load("per-tenant.yaml"),
+    ) else {
+        return;
+    };
+    assert!(tenant.grants("", "serviceaccounts/token", "create"));
+    let rbac = |r: &Rendering| {
+        let mut names: Vec<String> = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+            .iter()
+            .flat_map(|k| r.all(k))
+            .map(|d| {
+                let name = d["metadata"]["name"].as_str().unwrap_or_default();
+                format!("{}/{name}", d["kind"].as_str().unwrap_or_default())
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let mut extra = rbac(&tenant);
+    extra.retain(|n| !rbac(&base).contains(n));
+    assert_eq!(
+        extra,
+        [
+            "ClusterRole/regbridge-tenant-tokens",
+            "ClusterRoleBinding/regbridge-tenant-tokens"
+        ]
+    );
+}
