@@ -647,23 +647,19 @@ fn transport(err: &reqwest::Error) -> String {
 }
 
 fn tls_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(tls.to_string());
-        }
-        // An io::Error that wraps a rustls::Error reports the wrapped error's
-        // own source as its source, so look inside it.
-        if let Some(tls) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(tls.to_string());
-        }
-        current = e.source();
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls.to_string());
     }
-    None
+    // An io::Error that wraps another error reports that error's source as
+    // its own, skipping the wrapped error itself; so look inside it. The
+    // connector nests them: io::Error(Other, io::Error(InvalidData, rustls)).
+    if let Some(inner) = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        return tls_cause(inner);
+    }
+    err.source().and_then(tls_cause)
 }
 
 fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
