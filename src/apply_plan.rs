@@ -2,6 +2,8 @@
 //! concurrency, checks ownership before every write, and retries the one
 //! write that races other writers (the ServiceAccount list) from fresh state.
 
+use std::collections::HashSet;
+
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -86,32 +88,24 @@ impl Writer<'_> {
         // Secrets first: a create that meets a foreign Secret (which the
         // cache cannot show) must keep that namespace's ServiceAccounts from
         // being pointed at it.
-        let secret_jobs: Vec<BoxFuture<'_, Done>> = plan
-            .secrets
-            .into_iter()
-            .map(|w| self.secret(w).boxed())
-            .collect();
-        let mut results: Vec<Done> = stream::iter(secret_jobs)
-            .buffer_unordered(self.concurrency.max(1))
-            .collect()
-            .await;
-        let foreign: Vec<&str> = results
+        // Futures are made as slots free up, never all at once: a write
+        // future holds its request state, and a fan-out to thousands of
+        // namespaces must not hold thousands of them.
+        let limit = self.concurrency.max(1);
+        let mut results: Vec<Done> = self.run_secrets(plan.secrets, limit).await;
+        let foreign: HashSet<String> = results
             .iter()
             .filter_map(|r| match r {
-                Done::Foreign(ns) => Some(ns.as_str()),
+                Done::Foreign(ns) => Some(ns.clone()),
                 _ => None,
             })
             .collect();
-        let account_jobs: Vec<BoxFuture<'_, Done>> = plan
+        let accounts: Vec<ServiceAccountWrite> = plan
             .service_accounts
             .into_iter()
-            .filter(|w| !(patch_adds(&w.patch) && foreign.contains(&w.namespace.as_str())))
-            .map(|w| self.service_account(w).boxed())
+            .filter(|w| !(patch_adds(&w.patch) && foreign.contains(&w.namespace)))
             .collect();
-        let accounts: Vec<Done> = stream::iter(account_jobs)
-            .buffer_unordered(self.concurrency.max(1))
-            .collect()
-            .await;
+        let accounts = self.run_accounts(accounts, limit).await;
         results.extend(accounts);
         let mut out = Outcome::default();
         for r in results {
@@ -122,6 +116,26 @@ impl Writer<'_> {
             }
         }
         out
+    }
+
+    fn run_secrets(&self, writes: Vec<SecretWrite>, limit: usize) -> BoxFuture<'_, Vec<Done>> {
+        stream::iter(writes)
+            .map(move |w| self.secret(w))
+            .buffer_unordered(limit)
+            .collect()
+            .boxed()
+    }
+
+    fn run_accounts(
+        &self,
+        writes: Vec<ServiceAccountWrite>,
+        limit: usize,
+    ) -> BoxFuture<'_, Vec<Done>> {
+        stream::iter(writes)
+            .map(move |w| self.service_account(w))
+            .buffer_unordered(limit)
+            .collect()
+            .boxed()
     }
 
     async fn secret(&self, write: SecretWrite) -> Done {
