@@ -71,6 +71,15 @@ pub struct MintArgs {
     /// Print only the raw dockerconfigjson, unredacted, for piping.
     #[arg(long)]
     pub reveal: bool,
+    /// Also prove each composed host against its registry (the Docker
+    /// Registry v2 handshake, one per host) and print `HOST RESULT MESSAGE`;
+    /// exit non-zero when any host rejects its credential. With `--reveal`
+    /// the results go to stderr.
+    #[arg(long, env = "REGBRIDGE_MINT_VERIFY")]
+    pub verify: bool,
+    /// Upper bound on one host's handshake, in seconds.
+    #[arg(long, env = "REGBRIDGE_VERIFY_TIMEOUT", default_value_t = 10)]
+    pub verify_timeout: u64,
 }
 
 #[cfg(test)]
@@ -97,5 +106,21 @@ mod tests {
             panic!("not run")
         };
         assert!(!args.leader_election);
+    }
+
+    #[test]
+    fn mint_verify_is_off_unless_asked() {
+        let cli = Cli::try_parse_from(["regbridge", "mint", "--config", "m.yaml"]).unwrap();
+        let Command::Mint(args) = cli.command else {
+            panic!("not mint")
+        };
+        assert!(!args.verify);
+        assert_eq!(args.verify_timeout, 10);
+        let cli =
+            Cli::try_parse_from(["regbridge", "mint", "--config", "m.yaml", "--verify"]).unwrap();
+        let Command::Mint(args) = cli.command else {
+            panic!("not mint")
+        };
+        assert!(args.verify);
     }
 }

@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -7,6 +8,7 @@ use regbridge::controller::{self, Config};
 use regbridge::health::{self, Health};
 use regbridge::metrics::Metrics;
 use regbridge::{crd, leader, mint, telemetry};
+use regbridge_providers::Verifier;
 use tracing::info;
 
 #[tokio::main]
@@ -30,6 +32,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", String::from_utf8_lossy(&composed.dockerconfigjson));
             } else {
                 print!("{}", mint::render_redacted(&composed));
+            }
+            if args.verify {
+                let verifier = Verifier::new(Duration::from_secs(args.verify_timeout));
+                let results = mint::verify(&composed, &verifier).await;
+                let table = mint::render_verification(&results);
+                if args.reveal {
+                    eprint!("{table}");
+                } else {
+                    print!("\n{table}");
+                }
+                let rejected = mint::rejected(&results);
+                if rejected > 0 {
+                    anyhow::bail!(
+                        "{rejected} of {} hosts rejected their credential",
+                        results.len()
+                    );
+                }
             }
         }
         Command::Run(args) => {

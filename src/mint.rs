@@ -6,7 +6,7 @@ use std::path::Path;
 
 use chrono::Utc;
 use regbridge_providers::spec::CredentialSpec;
-use regbridge_providers::{BuildContext, NoCluster};
+use regbridge_providers::{BuildContext, NoCluster, Verification, Verifier, dockerconfig};
 use serde::Deserialize;
 
 use crate::compose::{Composed, compose};
@@ -115,6 +115,53 @@ pub fn render_redacted(composed: &Composed) -> String {
     out
 }
 
+/// One composed host and what its registry said about its credential.
+#[derive(Debug)]
+pub struct HostVerification {
+    pub host: String,
+    pub verification: Verification,
+}
+
+/// `mint --verify`: one handshake per host of the composed document, the
+/// credential exactly as it would be distributed. In host order.
+pub async fn verify(composed: &Composed, verifier: &Verifier) -> Vec<HostVerification> {
+    let creds = dockerconfig::parse(&composed.dockerconfigjson)
+        .expect("compose writes a document that parses");
+    let results = verifier.verify_all(&creds).await;
+    creds
+        .into_iter()
+        .zip(results)
+        .map(|(cred, verification)| HostVerification {
+            host: cred.host,
+            verification,
+        })
+        .collect()
+}
+
+/// How many hosts rejected their credential: `mint --verify` fails on any.
+pub fn rejected(results: &[HostVerification]) -> usize {
+    results
+        .iter()
+        .filter(|r| r.verification.is_rejected())
+        .count()
+}
+
+/// `HOST RESULT MESSAGE`, one line per host. Results carry no secrets.
+pub fn render_verification(results: &[HostVerification]) -> String {
+    let mut out = format!("{:<50} {:<12} MESSAGE\n", "HOST", "RESULT");
+    for r in results {
+        let line = format!(
+            "{:<50} {:<12} {}",
+            r.host,
+            r.verification.result(),
+            r.verification.message()
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +201,39 @@ mod tests {
             raw.contains("s3cr3t-pass"),
             "--reveal prints the real document"
         );
+    }
+
+    #[test]
+    fn verification_renders_host_result_message_and_counts_rejections() {
+        let results = vec![
+            HostVerification {
+                host: "a.example".into(),
+                verification: Verification::Verified,
+            },
+            HostVerification {
+                host: "b.example".into(),
+                verification: Verification::Rejected {
+                    code: Some("UNAUTHORIZED".into()),
+                    message: "authentication required".into(),
+                },
+            },
+            HostVerification {
+                host: "c.example".into(),
+                verification: Verification::Unreachable {
+                    reason: "https://c.example/v2/: timed out".into(),
+                },
+            },
+        ];
+        let text = render_verification(&results);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("HOST") && lines[0].contains("RESULT"));
+        assert!(lines[1].starts_with("a.example") && lines[1].ends_with("Verified"));
+        assert!(
+            lines[2].contains("Rejected")
+                && lines[2].contains("UNAUTHORIZED: authentication required")
+        );
+        assert!(lines[3].contains("Unreachable") && lines[3].contains("timed out"));
+        assert_eq!(rejected(&results), 1);
     }
 
     #[tokio::test]
