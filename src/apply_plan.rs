@@ -12,6 +12,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{debug, warn};
 
 use crate::distribute::{Plan, SecretWrite, ServiceAccountWrite, desired_copy};
+use crate::index::ServiceAccountView;
 use crate::labels::{FIELD_MANAGER, RESOURCE};
 use crate::metrics::Metrics;
 use crate::serviceaccount_patch::{add_reference, added_by_us, remove_reference};
@@ -248,7 +249,7 @@ impl Writer<'_> {
                 // 409: a conflict. Either way: re-read and recompute.
                 Err(e) if matches!(status_code(&e), Some(409 | 422)) => {
                     let fresh = match api.get_opt(&name).await {
-                        Ok(Some(sa)) => sa,
+                        Ok(Some(sa)) => ServiceAccountView::from(&sa),
                         Ok(None) => return Done::Ok,
                         Err(source) => {
                             return Done::Err(WriteError::ServiceAccount {

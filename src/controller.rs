@@ -28,12 +28,10 @@ use crate::cluster_access::CachedCluster;
 use crate::compose::compose;
 use crate::crd::{ClusterPullSecret, ClusterPullSecretStatus};
 use crate::credentials::{Credentials, as_entries};
-use crate::distribute::{Claim, Desired, Plan, World, copy_labels, plan};
+use crate::distribute::{Claim, Desired, Plan, World, copy_labels, payload_digest, plan};
 use crate::health::Health;
-use crate::labels::{
-    ADDED_ANNOTATION, EXCLUDE_ANNOTATION, FIELD_MANAGER, FINALIZER, RESOURCE, ROLE, ROLE_SOURCE,
-    managed_selector,
-};
+use crate::index::{Index, NamespaceView, SecretView, ServiceAccountView};
+use crate::labels::{FIELD_MANAGER, FINALIZER, RESOURCE, ROLE, ROLE_SOURCE, managed_selector};
 use crate::metrics::{Metrics, NamespaceLabels, ReconcileLabels, RefreshLabels, ResourceLabels};
 use crate::refresh::{backoff, parse_duration};
 use crate::selection::Selection;
@@ -79,9 +77,9 @@ pub struct Config {
 #[derive(Clone)]
 pub struct Stores {
     pub resources: Store<ClusterPullSecret>,
-    pub namespaces: Store<Namespace>,
-    pub service_accounts: Store<ServiceAccount>,
-    pub managed: Store<Secret>,
+    pub namespaces: Index<NamespaceView>,
+    pub service_accounts: Index<ServiceAccountView>,
+    pub managed: Index<SecretView>,
     pub sources: Store<Secret>,
 }
 
@@ -197,7 +195,7 @@ async fn ensure_source(ctx: &Context, name: &str, payload: &[u8]) -> Result<bool
     let mut labels = copy_labels(name);
     labels.insert(ROLE.into(), ROLE_SOURCE.into());
     desired.metadata.labels = Some(labels.clone());
-    let cached = ctx.stores.managed.get(&ObjectRef::new(name).within(ns));
+    let cached = ctx.stores.managed.get(ns, name);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let pp = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
@@ -209,12 +207,16 @@ async fn ensure_source(ctx: &Context, name: &str, payload: &[u8]) -> Result<bool
         source,
     };
     match cached {
-        Some(s) if s.labels().get(RESOURCE).map(String::as_str) != Some(name) => Ok(false),
-        Some(s) if s.data == desired.data && s.labels() == &labels && s.type_ == desired.type_ => {
+        Some(s) if s.owner.as_deref() != Some(name) => Ok(false),
+        Some(s)
+            if s.managed
+                && s.role.as_deref() == Some(ROLE_SOURCE)
+                && s.content == payload_digest(payload) =>
+        {
             Ok(true)
         }
         Some(s) => {
-            desired.metadata.resource_version = s.resource_version();
+            desired.metadata.resource_version = Some(s.resource_version.clone());
             let r = api.replace(name, &pp, &desired).await;
             ctx.metrics.write("secrets", "update", r.is_ok());
             r.map(|_| true).map_err(err)
@@ -239,29 +241,29 @@ async fn ensure_source(ctx: &Context, name: &str, payload: &[u8]) -> Result<bool
 }
 
 struct Snapshot {
-    namespaces: Vec<Arc<Namespace>>,
-    service_accounts: HashMap<String, Vec<Arc<ServiceAccount>>>,
-    managed: HashMap<(String, String), Arc<Secret>>,
+    namespaces: Vec<Arc<NamespaceView>>,
+    service_accounts: HashMap<String, Vec<Arc<ServiceAccountView>>>,
+    managed: HashMap<(String, String), Arc<SecretView>>,
 }
 
 fn snapshot(stores: &Stores) -> Snapshot {
-    let mut service_accounts: HashMap<String, Vec<Arc<ServiceAccount>>> = HashMap::new();
-    for sa in stores.service_accounts.state() {
+    let mut service_accounts: HashMap<String, Vec<Arc<ServiceAccountView>>> = HashMap::new();
+    for sa in stores.service_accounts.values() {
         service_accounts
-            .entry(sa.namespace().unwrap_or_default())
+            .entry(sa.namespace.clone())
             .or_default()
             .push(sa);
     }
-    let mut namespaces = stores.namespaces.state();
-    namespaces.sort_by_key(|n| n.name_any());
+    let mut namespaces = stores.namespaces.values();
+    namespaces.sort_by(|a, b| a.name.cmp(&b.name));
     Snapshot {
         namespaces,
         service_accounts,
         managed: stores
             .managed
-            .state()
+            .values()
             .into_iter()
-            .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s))
+            .map(|s| ((s.namespace.clone(), s.name.clone()), s))
             .collect(),
     }
 }
@@ -635,11 +637,8 @@ async fn cleanup(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, E
         });
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    if let Some(source) = ctx
-        .stores
-        .managed
-        .get(&ObjectRef::new(&name).within(&ctx.config.namespace))
-        && source.labels().get(RESOURCE) == Some(&name)
+    if let Some(source) = ctx.stores.managed.get(&ctx.config.namespace, &name)
+        && source.owner.as_deref() == Some(name.as_str())
     {
         match api.delete(&name, &Default::default()).await {
             Ok(_) => ctx.metrics.write("secrets", "delete", true),
@@ -707,20 +706,16 @@ pub fn error_policy(cps: Arc<ClusterPullSecret>, error: &Error, ctx: Arc<Context
     Action::requeue(backoff(*n))
 }
 
-/// A watch whose objects are trimmed to what the planner reads, whose
-/// progress and errors feed readiness and metrics, and which backs off and
-/// recovers on its own (410 Gone included: the watcher relists).
-fn cached<K>(
+/// A watch whose progress and errors feed readiness and metrics, and which
+/// backs off and recovers on its own (410 Gone included: the watcher
+/// relists).
+fn watched<K>(
     name: &'static str,
     api: Api<K>,
     config: watcher::Config,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-    trim: impl FnMut(&mut K) + Send + 'static,
-) -> (
-    Store<K>,
-    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-)
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -730,10 +725,9 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
     health.register(name);
-    let stream = watcher(api, config)
-        .modify(trim)
+    let (health, metrics) = (health.clone(), metrics.clone());
+    watcher(api, config)
         .map(move |event| {
             match &event {
                 Ok(watcher::Event::InitDone) => {
@@ -753,8 +747,51 @@ where
             event
         })
         .default_backoff()
+}
+
+/// A watched type kept whole in a reflector store (small sets only: the
+/// resources themselves and the controller namespace's Secrets).
+fn cached<K>(
+    name: &'static str,
+    api: Api<K>,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watched(name, api, watcher::Config::default(), health, metrics)
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
         .reflect(writer);
     (store, stream)
+}
+
+/// A watched type kept as compact views in an [`Index`].
+fn indexed<K, V>(
+    index: Index<V>,
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource + Send + 'static,
+    V: Send + Sync + 'static,
+    for<'a> V: From<&'a K>,
+{
+    stream.map(move |event| {
+        if let Ok(e) = &event {
+            index.apply(e);
+        }
+        event
+    })
 }
 
 /// Each watch backs off on its own and its errors are already counted; kept
@@ -766,23 +803,6 @@ fn triggers<K: Send + 'static>(
     stream.filter(|r| std::future::ready(r.is_ok()))
 }
 
-/// Drops what no decision reads, so 10,000 namespaces fit in little memory:
-/// every annotation but `keep`, managed fields, uid and timestamps.
-fn trim_meta<K: Resource>(obj: &mut K, keep: &str) {
-    let meta = obj.meta_mut();
-    meta.managed_fields = None;
-    meta.uid = None;
-    meta.creation_timestamp = None;
-    meta.generate_name = None;
-    meta.owner_references = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.retain(|k, _| k == keep);
-        if a.is_empty() {
-            meta.annotations = None;
-        }
-    }
-}
-
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -792,58 +812,46 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let resources: Api<ClusterPullSecret> = Api::all(client.clone());
-    let (namespaces, ns_stream) = cached(
-        "namespaces",
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-        health.clone(),
-        metrics.clone(),
-        |ns: &mut Namespace| {
-            trim_meta(ns, EXCLUDE_ANNOTATION);
-            ns.metadata.finalizers = None;
-            ns.spec = None;
-            if let Some(status) = ns.status.as_mut() {
-                status.conditions = None;
-            }
-        },
+    let namespaces = Index::default();
+    let ns_stream = indexed(
+        namespaces.clone(),
+        watched(
+            "namespaces",
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            &health,
+            &metrics,
+        ),
     );
-    let (service_accounts, sa_stream) = cached(
-        "serviceaccounts",
-        Api::<ServiceAccount>::all(client.clone()),
-        watcher::Config::default(),
-        health.clone(),
-        metrics.clone(),
-        |sa: &mut ServiceAccount| {
-            trim_meta(sa, ADDED_ANNOTATION);
-            sa.metadata.labels = None;
-            sa.secrets = None;
-            sa.automount_service_account_token = None;
-        },
+    let service_accounts = Index::default();
+    let sa_stream = indexed(
+        service_accounts.clone(),
+        watched(
+            "serviceaccounts",
+            Api::<ServiceAccount>::all(client.clone()),
+            watcher::Config::default(),
+            &health,
+            &metrics,
+        ),
     );
-    let (managed, managed_stream) = cached(
-        "managed-secrets",
-        Api::<Secret>::all(client.clone()),
-        watcher::Config::default().labels(&managed_selector()),
-        health.clone(),
-        metrics.clone(),
-        |s: &mut Secret| trim_meta(s, ""),
+    let managed = Index::default();
+    let managed_stream = indexed(
+        managed.clone(),
+        watched(
+            "managed-secrets",
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(&managed_selector()),
+            &health,
+            &metrics,
+        ),
     );
     let (sources, sources_stream) = cached(
         "source-secrets",
         Api::<Secret>::namespaced(client.clone(), &config.namespace),
-        watcher::Config::default(),
-        health.clone(),
-        metrics.clone(),
-        |s: &mut Secret| s.metadata.managed_fields = None,
+        &health,
+        &metrics,
     );
-    let (resources, resources_stream) = cached(
-        "clusterpullsecrets",
-        resources,
-        watcher::Config::default(),
-        health.clone(),
-        metrics.clone(),
-        |c: &mut ClusterPullSecret| c.metadata.managed_fields = None,
-    );
+    let (resources, resources_stream) = cached("clusterpullsecrets", resources, &health, &metrics);
     let (trigger_all, all_rx) = tokio::sync::mpsc::unbounded_channel();
     let controller = Controller::for_stream(
         triggers(resources_stream.applied_objects()),

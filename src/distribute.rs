@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use json_patch::Patch;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::ResourceExt;
+use k8s_openapi::api::core::v1::Secret;
 
+use crate::index::{NamespaceView, SecretView, ServiceAccountView, content_digest};
 use crate::labels::{MANAGED_BY, MANAGED_BY_VALUE, RESOURCE, ROLE, ROLE_COPY};
 use crate::selection::Selection;
 use crate::serviceaccount_patch::{add_reference, added_by_us, remove_reference};
@@ -37,10 +37,10 @@ pub struct Desired<'a> {
 
 /// The cached cluster state the planner reads.
 pub struct World<'a> {
-    pub namespaces: &'a [Arc<Namespace>],
-    pub service_accounts: &'a HashMap<String, Vec<Arc<ServiceAccount>>>,
+    pub namespaces: &'a [Arc<NamespaceView>],
+    pub service_accounts: &'a HashMap<String, Vec<Arc<ServiceAccountView>>>,
     /// Secrets carrying regbridge's managed-by label, by (namespace, name).
-    pub managed: &'a HashMap<(String, String), Arc<Secret>>,
+    pub managed: &'a HashMap<(String, String), Arc<SecretView>>,
     /// Never distributed to: it holds the source Secrets.
     pub controller_namespace: &'a str,
     /// Namespaces where creating `secret_name` found a Secret regbridge does
@@ -112,29 +112,28 @@ pub fn copy_labels(resource: &str) -> BTreeMap<String, String> {
     .into()
 }
 
-fn owner(secret: &Secret) -> Option<&str> {
-    secret.labels().get(RESOURCE).map(String::as_str)
+/// The content digest of a copy holding `payload`.
+pub fn payload_digest(payload: &[u8]) -> u64 {
+    content_digest(Some(SECRET_TYPE), [(DATA_KEY, payload)])
 }
 
-fn up_to_date(secret: &Secret, resource: &str, payload: &[u8]) -> bool {
-    let labels = secret.labels();
-    secret.type_.as_deref() == Some(SECRET_TYPE)
-        && secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(DATA_KEY))
-            .map(|b| b.0.as_slice())
-            == Some(payload)
-        && copy_labels(resource)
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+fn owner(secret: &SecretView) -> Option<&str> {
+    secret.owner.as_deref()
+}
+
+fn up_to_date(secret: &SecretView, resource: &str, digest: u64) -> bool {
+    secret.content == digest
+        && secret.managed
+        && secret.owner.as_deref() == Some(resource)
+        && secret.role.as_deref() == Some(ROLE_COPY)
 }
 
 pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> Plan {
     let mut out = Plan::default();
     let no_accounts = Vec::new();
+    let digest = desired.payload.map(payload_digest);
     for ns in world.namespaces {
-        let namespace = ns.name_any();
+        let namespace = ns.name.clone();
         if namespace == world.controller_namespace {
             continue;
         }
@@ -153,8 +152,8 @@ pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> P
             .get(&namespace)
             .unwrap_or(&no_accounts);
 
-        let serving = match (wanted, desired.payload) {
-            (true, Some(payload)) => {
+        let serving = match (wanted, digest) {
+            (true, Some(digest)) => {
                 out.selected.push(namespace.clone());
                 let foreign = (existing.is_some() && ours.is_none())
                     || world.foreign.contains(&namespace)
@@ -167,10 +166,10 @@ pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> P
                         None => out.secrets.push(SecretWrite::Create {
                             namespace: namespace.clone(),
                         }),
-                        Some(s) if !up_to_date(s, desired.resource, payload) => {
+                        Some(s) if !up_to_date(s, desired.resource, digest) => {
                             out.secrets.push(SecretWrite::Update {
                                 namespace: namespace.clone(),
-                                resource_version: s.resource_version().unwrap_or_default(),
+                                resource_version: s.resource_version.clone(),
                             })
                         }
                         Some(_) => {}
@@ -184,11 +183,11 @@ pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> P
             out.secrets.push(SecretWrite::Delete {
                 namespace: namespace.clone(),
                 name: desired.secret_name.into(),
-                resource_version: s.resource_version().unwrap_or_default(),
+                resource_version: s.resource_version.clone(),
             });
         }
         for sa in accounts {
-            let name = sa.name_any();
+            let name = sa.name.clone();
             let patch = if serving && desired.selection.selects_service_account(&name) {
                 add_reference(sa, desired.secret_name)
             } else if added_by_us(sa).contains(&desired.secret_name)
@@ -213,12 +212,12 @@ pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> P
     for ((namespace, name), s) in world.managed {
         if name != desired.secret_name
             && owner(s) == Some(desired.resource)
-            && s.labels().get(ROLE).map(String::as_str) == Some(ROLE_COPY)
+            && s.role.as_deref() == Some(ROLE_COPY)
         {
             out.secrets.push(SecretWrite::Delete {
                 namespace: namespace.clone(),
                 name: name.clone(),
-                resource_version: s.resource_version().unwrap_or_default(),
+                resource_version: s.resource_version.clone(),
             });
         }
     }
@@ -231,6 +230,7 @@ mod tests {
     use crate::crd::ClusterPullSecretSpec;
     use crate::fixtures::{ns, sa, secret};
     use crate::labels::ADDED_ANNOTATION;
+    use k8s_openapi::api::core::v1::Secret;
 
     const PAYLOAD: &[u8] = br#"{"auths":{}}"#;
 
@@ -243,9 +243,9 @@ mod tests {
     }
 
     struct Cluster {
-        namespaces: Vec<Arc<Namespace>>,
-        accounts: HashMap<String, Vec<Arc<ServiceAccount>>>,
-        managed: HashMap<(String, String), Arc<Secret>>,
+        namespaces: Vec<Arc<NamespaceView>>,
+        accounts: HashMap<String, Vec<Arc<ServiceAccountView>>>,
+        managed: HashMap<(String, String), Arc<SecretView>>,
         foreign: Vec<String>,
     }
 
@@ -262,13 +262,14 @@ mod tests {
             }
         }
         fn with_secret(mut self, s: Secret) -> Self {
+            let v = SecretView::from(&s);
             self.managed
-                .insert((s.namespace().unwrap(), s.name_any()), Arc::new(s));
+                .insert((v.namespace.clone(), v.name.clone()), Arc::new(v));
             self
         }
-        fn with_sa(mut self, s: ServiceAccount) -> Self {
-            let list = self.accounts.entry(s.namespace().unwrap()).or_default();
-            list.retain(|x| x.name_any() != s.name_any());
+        fn with_sa(mut self, s: ServiceAccountView) -> Self {
+            let list = self.accounts.entry(s.namespace.clone()).or_default();
+            list.retain(|x| x.name != s.name);
             list.push(Arc::new(s));
             self
         }
@@ -457,7 +458,7 @@ mod tests {
     #[test]
     fn copies_carry_only_regbridge_labels() {
         let s = desired_copy("company", "regcred", "a", PAYLOAD);
-        assert_eq!(s.labels(), &copy_labels("company"));
+        assert_eq!(s.metadata.labels.as_ref(), Some(&copy_labels("company")));
         assert!(s.metadata.annotations.is_none());
         assert_eq!(s.type_.as_deref(), Some(SECRET_TYPE));
     }

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
+
+use crate::index::{NamespaceView, ServiceAccountView};
 use k8s_openapi::api::core::v1::{
     LocalObjectReference, Namespace, NamespaceStatus, Secret, ServiceAccount,
 };
@@ -50,8 +52,11 @@ impl NsBuilder {
         });
         self
     }
-    pub fn build(self) -> Namespace {
+    pub fn object(self) -> Namespace {
         self.0
+    }
+    pub fn build(self) -> NamespaceView {
+        NamespaceView::from(&self.0)
     }
 }
 
@@ -88,8 +93,11 @@ impl SaBuilder {
             .insert(k.into(), v.into());
         self
     }
-    pub fn build(self) -> ServiceAccount {
+    pub fn object(self) -> ServiceAccount {
         self.0
+    }
+    pub fn build(self) -> ServiceAccountView {
+        ServiceAccountView::from(&self.0)
     }
 }
 

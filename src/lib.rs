@@ -11,6 +11,7 @@ pub mod distribute;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod health;
+pub mod index;
 pub mod labels;
 pub mod leader;
 pub mod metrics;

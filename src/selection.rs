@@ -3,12 +3,10 @@
 //! status and changes nothing already distributed.
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::ResourceExt;
-use kube::core::{Selector, SelectorExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::crd::ClusterPullSecretSpec;
-use crate::labels::EXCLUDE_ANNOTATION;
+use crate::index::NamespaceView;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectionError {
@@ -22,9 +20,55 @@ pub enum SelectionError {
     BadSelector(String),
 }
 
+/// One compiled label requirement, with Kubernetes' semantics (`NotIn` and
+/// `DoesNotExist` match a namespace without the key).
+#[derive(Debug)]
+enum Requirement {
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+impl Requirement {
+    fn matches(&self, ns: &NamespaceView) -> bool {
+        match self {
+            Self::In(k, vs) => ns.label(k).is_some_and(|v| vs.iter().any(|x| x == v)),
+            Self::NotIn(k, vs) => ns.label(k).is_none_or(|v| !vs.iter().any(|x| x == v)),
+            Self::Exists(k) => ns.label(k).is_some(),
+            Self::DoesNotExist(k) => ns.label(k).is_none(),
+        }
+    }
+}
+
+fn compile_selector(selector: &LabelSelector) -> Result<Vec<Requirement>, SelectionError> {
+    let mut out: Vec<Requirement> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| Requirement::In(k.clone(), vec![v.clone()]))
+        .collect();
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default();
+        let bad = |why: &str| SelectionError::BadSelector(format!("key {:?}: {why}", e.key));
+        out.push(match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => return Err(bad("In and NotIn need values")),
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(bad("Exists and DoesNotExist take no values"));
+            }
+            "In" => Requirement::In(e.key.clone(), values),
+            "NotIn" => Requirement::NotIn(e.key.clone(), values),
+            "Exists" => Requirement::Exists(e.key.clone()),
+            "DoesNotExist" => Requirement::DoesNotExist(e.key.clone()),
+            other => return Err(bad(&format!("unknown operator {other:?}"))),
+        });
+    }
+    Ok(out)
+}
+
 #[derive(Debug)]
 pub struct Selection {
-    labels: Option<Selector>,
+    labels: Vec<Requirement>,
     include: Option<GlobSet>,
     exclude: GlobSet,
     service_accounts: GlobSet,
@@ -33,12 +77,10 @@ pub struct Selection {
 impl Selection {
     pub fn compile(spec: &ClusterPullSecretSpec) -> Result<Self, SelectionError> {
         let ns = &spec.namespaces;
-        let labels = ns
-            .selector
-            .clone()
-            .map(Selector::try_from)
-            .transpose()
-            .map_err(|e| SelectionError::BadSelector(e.to_string()))?;
+        let labels = match &ns.selector {
+            Some(sel) => compile_selector(sel)?,
+            None => Vec::new(),
+        };
         let include = if ns.include.is_empty() {
             None
         } else {
@@ -56,7 +98,7 @@ impl Selection {
     /// unparseable spec is planned with.
     pub fn nothing() -> Self {
         Self {
-            labels: None,
+            labels: Vec::new(),
             include: Some(GlobSet::empty()),
             exclude: GlobSet::empty(),
             service_accounts: GlobSet::empty(),
@@ -65,23 +107,17 @@ impl Selection {
 
     /// Whether the namespace gets the Secret. Terminating namespaces reject
     /// new objects, so they are never selected.
-    pub fn selects_namespace(&self, ns: &Namespace) -> bool {
-        let name = ns.name_any();
-        !is_terminating(ns)
-            && ns.annotations().get(EXCLUDE_ANNOTATION).map(String::as_str) != Some("true")
-            && self.labels.as_ref().is_none_or(|s| s.matches(ns.labels()))
-            && self.include.as_ref().is_none_or(|g| g.is_match(&name))
-            && !self.exclude.is_match(&name)
+    pub fn selects_namespace(&self, ns: &NamespaceView) -> bool {
+        !ns.terminating
+            && !ns.excluded
+            && self.labels.iter().all(|r| r.matches(ns))
+            && self.include.as_ref().is_none_or(|g| g.is_match(&ns.name))
+            && !self.exclude.is_match(&ns.name)
     }
 
     pub fn selects_service_account(&self, name: &str) -> bool {
         self.service_accounts.is_match(name)
     }
-}
-
-pub fn is_terminating(ns: &Namespace) -> bool {
-    ns.metadata.deletion_timestamp.is_some()
-        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
 }
 
 fn globs(field: &'static str, patterns: &[String]) -> Result<GlobSet, SelectionError> {
@@ -106,6 +142,7 @@ mod tests {
     use super::*;
     use crate::crd::NamespaceSelector;
     use crate::fixtures::ns;
+    use crate::labels::EXCLUDE_ANNOTATION;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     fn spec(include: &[&str], exclude: &[&str], sas: &[&str]) -> ClusterPullSecretSpec {

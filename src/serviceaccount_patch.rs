@@ -11,29 +11,24 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{
     AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation, TestOperation,
 };
-use k8s_openapi::api::core::v1::ServiceAccount;
 use serde_json::{Value, json};
 
+use crate::index::ServiceAccountView;
 use crate::labels::ADDED_ANNOTATION;
 
-fn references(sa: &ServiceAccount) -> impl Iterator<Item = &str> {
-    sa.image_pull_secrets
-        .iter()
-        .flatten()
-        .map(|r| r.name.as_str())
+fn references(sa: &ServiceAccountView) -> impl Iterator<Item = &str> {
+    sa.pull_secrets.iter().flatten().map(String::as_str)
 }
 
 /// The names regbridge recorded as added on this ServiceAccount.
-pub fn added_by_us(sa: &ServiceAccount) -> Vec<&str> {
-    sa.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ADDED_ANNOTATION))
+pub fn added_by_us(sa: &ServiceAccountView) -> Vec<&str> {
+    sa.added
+        .as_deref()
         .map(|v| v.split(',').filter(|s| !s.is_empty()).collect())
         .unwrap_or_default()
 }
 
-pub fn references_secret(sa: &ServiceAccount, secret: &str) -> bool {
+pub fn references_secret(sa: &ServiceAccountView, secret: &str) -> bool {
     references(sa).any(|n| n == secret)
 }
 
@@ -41,11 +36,11 @@ fn pointer(path: &[&str]) -> PointerBuf {
     PointerBuf::from_tokens(path.iter().copied())
 }
 
-fn list_value(sa: &ServiceAccount) -> Value {
-    sa.image_pull_secrets
-        .as_ref()
-        .map(|l| serde_json::to_value(l).expect("references serialize"))
-        .unwrap_or(Value::Null)
+fn list_value(sa: &ServiceAccountView) -> Value {
+    match &sa.pull_secrets {
+        None => Value::Null,
+        Some(names) => names.iter().map(|n| json!({ "name": n })).collect(),
+    }
 }
 
 fn test(path: &[&str], value: Value) -> PatchOperation {
@@ -59,23 +54,21 @@ fn test(path: &[&str], value: Value) -> PatchOperation {
 /// `null` succeeds on an absent field (kube-apiserver, corpus
 /// `serviceaccounts-06`), but only when its parent exists, so an absent
 /// annotations map is pinned as a whole.
-fn guards(sa: &ServiceAccount) -> Vec<PatchOperation> {
-    let annotation = match &sa.metadata.annotations {
-        None => test(&["metadata", "annotations"], Value::Null),
-        Some(a) => test(
+fn guards(sa: &ServiceAccountView) -> Vec<PatchOperation> {
+    let annotation = if sa.has_annotations {
+        test(
             &["metadata", "annotations", ADDED_ANNOTATION],
-            a.get(ADDED_ANNOTATION)
-                .map(|v| Value::String(v.clone()))
-                .unwrap_or(Value::Null),
-        ),
+            sa.added.clone().map(Value::String).unwrap_or(Value::Null),
+        )
+    } else {
+        test(&["metadata", "annotations"], Value::Null)
     };
     vec![test(&["imagePullSecrets"], list_value(sa)), annotation]
 }
 
-fn set_annotation(sa: &ServiceAccount, names: &[&str]) -> PatchOperation {
+fn set_annotation(sa: &ServiceAccountView, names: &[&str]) -> PatchOperation {
     let value = Value::String(names.join(","));
-    let annotations = sa.metadata.annotations.as_ref();
-    if annotations.is_none() {
+    if !sa.has_annotations {
         return PatchOperation::Add(AddOperation {
             path: pointer(&["metadata", "annotations"]),
             value: json!({ ADDED_ANNOTATION: value }),
@@ -84,7 +77,7 @@ fn set_annotation(sa: &ServiceAccount, names: &[&str]) -> PatchOperation {
     let path = pointer(&["metadata", "annotations", ADDED_ANNOTATION]);
     if names.is_empty() {
         PatchOperation::Remove(RemoveOperation { path })
-    } else if annotations.is_some_and(|a| a.contains_key(ADDED_ANNOTATION)) {
+    } else if sa.added.is_some() {
         PatchOperation::Replace(ReplaceOperation { path, value })
     } else {
         PatchOperation::Add(AddOperation { path, value })
@@ -93,12 +86,12 @@ fn set_annotation(sa: &ServiceAccount, names: &[&str]) -> PatchOperation {
 
 /// Appends `secret` to the list, keeping every other entry in order. `None`
 /// when it is already there, whoever put it there.
-pub fn add_reference(sa: &ServiceAccount, secret: &str) -> Option<Patch> {
+pub fn add_reference(sa: &ServiceAccountView, secret: &str) -> Option<Patch> {
     if references_secret(sa, secret) {
         return None;
     }
     let mut ops = guards(sa);
-    ops.push(match &sa.image_pull_secrets {
+    ops.push(match &sa.pull_secrets {
         // Appending with `/-` to an absent list fails, so create it whole.
         None => PatchOperation::Add(AddOperation {
             path: pointer(&["imagePullSecrets"]),
@@ -119,7 +112,7 @@ pub fn add_reference(sa: &ServiceAccount, secret: &str) -> Option<Patch> {
 
 /// Removes the reference regbridge added. `None` when regbridge did not add
 /// it (the annotation does not list it): then it is somebody else's.
-pub fn remove_reference(sa: &ServiceAccount, secret: &str) -> Option<Patch> {
+pub fn remove_reference(sa: &ServiceAccountView, secret: &str) -> Option<Patch> {
     let mut added = added_by_us(sa);
     if !added.contains(&secret) {
         return None;
@@ -144,6 +137,7 @@ pub fn remove_reference(sa: &ServiceAccount, secret: &str) -> Option<Patch> {
 mod tests {
     use super::*;
     use crate::fixtures::sa;
+    use k8s_openapi::api::core::v1::ServiceAccount;
 
     /// Applies a patch as kube-apiserver does: unlike RFC 6902 strictly read,
     /// it lets `test` against `null` pass on an absent field.
@@ -162,69 +156,85 @@ mod tests {
         Ok(serde_json::from_value(doc).unwrap())
     }
 
-    fn names(sa: &ServiceAccount) -> Vec<&str> {
-        references(sa).collect()
+    fn names(sa: &ServiceAccount) -> Vec<String> {
+        ServiceAccountView::from(sa)
+            .pull_secrets
+            .unwrap_or_default()
+    }
+
+    fn added(sa: &ServiceAccount) -> Vec<String> {
+        added_by_us(&ServiceAccountView::from(sa))
+            .into_iter()
+            .map(String::from)
+            .collect()
     }
 
     #[test]
     fn adding_to_an_absent_list_creates_the_list() {
-        let s = sa("a", "default").build();
-        let out = apply(&s, &add_reference(&s, "regcred").unwrap()).unwrap();
+        let s_obj = sa("a", "default").object();
+        let s = ServiceAccountView::from(&s_obj);
+        let out = apply(&s_obj, &add_reference(&s, "regcred").unwrap()).unwrap();
         assert_eq!(names(&out), ["regcred"]);
-        assert_eq!(added_by_us(&out), ["regcred"]);
+        assert_eq!(added(&out), ["regcred"]);
     }
 
     #[test]
     fn adding_appends_and_keeps_foreign_entries_in_order() {
-        let s = sa("a", "default")
+        let s_obj = sa("a", "default")
             .pull_secrets(&["z-first", "a-second"])
-            .build();
-        let out = apply(&s, &add_reference(&s, "regcred").unwrap()).unwrap();
+            .object();
+        let s = ServiceAccountView::from(&s_obj);
+        let out = apply(&s_obj, &add_reference(&s, "regcred").unwrap()).unwrap();
         assert_eq!(names(&out), ["z-first", "a-second", "regcred"]);
     }
 
     #[test]
     fn an_existing_entry_is_never_duplicated() {
-        let s = sa("a", "default").pull_secrets(&["regcred"]).build();
+        let s_obj = sa("a", "default").pull_secrets(&["regcred"]).object();
+        let s = ServiceAccountView::from(&s_obj);
         assert!(add_reference(&s, "regcred").is_none());
     }
 
     #[test]
     fn patch_fails_when_another_writer_changed_the_list() {
-        let seen = sa("a", "default").pull_secrets(&["x"]).build();
+        let seen_obj = sa("a", "default").pull_secrets(&["x"]).object();
+        let seen = ServiceAccountView::from(&seen_obj);
         let patch = add_reference(&seen, "regcred").unwrap();
-        let now = sa("a", "default").pull_secrets(&["x", "theirs"]).build();
+        let now_obj = sa("a", "default").pull_secrets(&["x", "theirs"]).object();
         assert!(
-            apply(&now, &patch).is_err(),
+            apply(&now_obj, &patch).is_err(),
             "the test op must guard the list"
         );
     }
 
     #[test]
     fn removal_takes_only_what_we_added() {
-        let s = sa("a", "default")
+        let s_obj = sa("a", "default")
             .pull_secrets(&["x", "regcred", "y"])
             .annotation(ADDED_ANNOTATION, "other,regcred")
-            .build();
-        let out = apply(&s, &remove_reference(&s, "regcred").unwrap()).unwrap();
+            .object();
+        let s = ServiceAccountView::from(&s_obj);
+        let out = apply(&s_obj, &remove_reference(&s, "regcred").unwrap()).unwrap();
         assert_eq!(names(&out), ["x", "y"]);
-        assert_eq!(added_by_us(&out), ["other"]);
+        assert_eq!(added(&out), ["other"]);
     }
 
     #[test]
     fn removal_of_a_reference_somebody_else_added_is_refused() {
-        let s = sa("a", "default").pull_secrets(&["regcred"]).build();
+        let s_obj = sa("a", "default").pull_secrets(&["regcred"]).object();
+        let s = ServiceAccountView::from(&s_obj);
         assert!(remove_reference(&s, "regcred").is_none());
     }
 
     #[test]
     fn removing_the_last_recorded_name_drops_the_annotation() {
-        let s = sa("a", "default")
+        let s_obj = sa("a", "default")
             .pull_secrets(&["regcred"])
             .annotation(ADDED_ANNOTATION, "regcred")
             .annotation("keep", "me")
-            .build();
-        let out = apply(&s, &remove_reference(&s, "regcred").unwrap()).unwrap();
+            .object();
+        let s = ServiceAccountView::from(&s_obj);
+        let out = apply(&s_obj, &remove_reference(&s, "regcred").unwrap()).unwrap();
         assert!(names(&out).is_empty());
         let ann = out.metadata.annotations.unwrap();
         assert!(!ann.contains_key(ADDED_ANNOTATION));
