@@ -59,6 +59,8 @@ impl WriteError {
 pub struct Outcome {
     /// Namespaces where create met a Secret regbridge does not manage.
     pub foreign: Vec<String>,
+    /// Writes refused with 409 because the cache lagged behind the server.
+    pub stale: usize,
     pub errors: Vec<WriteError>,
 }
 
@@ -74,6 +76,9 @@ pub struct Writer<'a> {
 enum Done {
     Ok,
     Foreign(String),
+    /// The precondition failed because the cache had not yet seen an
+    /// earlier write: not a failure, just a reason to look again soon.
+    Stale,
     Err(WriteError),
 }
 
@@ -113,6 +118,7 @@ impl Writer<'_> {
             match r {
                 Done::Ok => {}
                 Done::Foreign(ns) => out.foreign.push(ns),
+                Done::Stale => out.stale += 1,
                 Done::Err(e) => out.errors.push(e),
             }
         }
@@ -198,6 +204,13 @@ impl Writer<'_> {
             Err(e) if matches!(status_code(&e), Some(403 | 404)) && verb != "update" => {
                 debug!(namespace, verb, "namespace unavailable, skipped");
                 Done::Ok
+            }
+            Err(e) if verb != "create" && status_code(&e) == Some(409) => {
+                debug!(
+                    namespace,
+                    verb, "resourceVersion moved on; the cache will catch up"
+                );
+                Done::Stale
             }
             Err(e) if verb == "create" && status_code(&e) == Some(409) => {
                 match api.get_opt(&name).await {

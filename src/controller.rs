@@ -39,6 +39,8 @@ use crate::status::{self, Observation, Verdict};
 
 /// A namespace found to hold a foreign Secret is looked at again after this.
 const FOREIGN_RECHECK: Duration = Duration::from_secs(60);
+/// After writes the cache had not caught up with, look again this soon.
+const STALE_RETRY: Duration = Duration::from_secs(1);
 /// A safety net: every resource is reconciled at least this often.
 const RESYNC: Duration = Duration::from_secs(3600);
 
@@ -610,6 +612,9 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         });
     }
     info!(resource = %name, selected, synced, hosts = composed.hosts.len(), "reconciled");
+    if outcome.stale > 0 {
+        return Ok(Action::requeue(STALE_RETRY));
+    }
     let wait = state
         .credentials
         .next_wakeup()
@@ -634,6 +639,13 @@ async fn cleanup(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, E
         return Err(Error::Writes {
             failed: outcome.errors.len(),
             first: first.to_string(),
+        });
+    }
+    // The finalizer stays until every delete went through.
+    if outcome.stale > 0 {
+        return Err(Error::Writes {
+            failed: outcome.stale,
+            first: "a copy changed since it was cached; retrying".into(),
         });
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);

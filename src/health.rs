@@ -24,6 +24,9 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub struct Health {
+    /// A replica waiting for the Lease runs no watches; it is ready to take
+    /// over, and must count as available so that nodes can still be drained.
+    standby: std::sync::atomic::AtomicBool,
     /// Each registered watch, and whether it has listed once.
     synced: Mutex<HashMap<&'static str, bool>>,
     /// Since when each failing watch has been failing.
@@ -31,6 +34,11 @@ pub struct Health {
 }
 
 impl Health {
+    pub fn set_standby(&self, standby: bool) {
+        self.standby
+            .store(standby, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// A watch readiness waits for.
     pub fn register(&self, watch: &'static str) {
         self.synced
@@ -59,6 +67,9 @@ impl Health {
 
     /// `Err` names why the process is not ready.
     pub fn ready(&self, now: Instant) -> Result<(), String> {
+        if self.standby.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         {
             let synced = self.synced.lock().expect("health lock");
             let mut pending: Vec<&str> = synced
@@ -151,6 +162,18 @@ mod tests {
         );
         h.watch_synced("secrets");
         assert!(h.ready(Instant::now()).is_ok());
+    }
+
+    #[test]
+    fn a_standby_replica_is_ready() {
+        let h = Health::default();
+        h.set_standby(true);
+        assert!(h.ready(Instant::now()).is_ok());
+        h.set_standby(false);
+        assert!(
+            h.ready(Instant::now()).is_err(),
+            "the leader waits for its caches"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 
+use crate::health::Health;
 use crate::labels::FIELD_MANAGER;
 
 /// Seconds a Lease stays valid after its last renewal.
@@ -22,6 +23,7 @@ pub async fn while_leader<F, Fut>(
     namespace: &str,
     lease: &str,
     identity: &str,
+    health: &Health,
     mut work: F,
 ) -> anyhow::Result<()>
 where
@@ -38,12 +40,14 @@ where
         .await?;
     let (mut leading, task) = manager.watch().await;
     loop {
+        health.set_standby(true);
         while !*leading.borrow_and_update() {
             if leading.changed().await.is_err() {
                 return finish(task).await;
             }
         }
         info!(identity, "acquired leadership");
+        health.set_standby(false);
         let lost = async {
             loop {
                 if leading.changed().await.is_err() || !*leading.borrow_and_update() {

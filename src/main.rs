@@ -92,7 +92,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.leader_election {
         // A standby never runs the controller, so it watches for SIGTERM here.
         tokio::select! {
-            r = leader::while_leader(client.clone(), &args.namespace, &args.lease_name, &instance, work) => r?,
+            r = leader::while_leader(client.clone(), &args.namespace, &args.lease_name, &instance, &health, work) => r?,
             _ = shutdown_signal() => {}
         }
     } else {

@@ -342,6 +342,7 @@ async fn run_scenario() -> Vec<RequestRecord> {
                 CONTROLLER_NS,
                 "regbridge-leader",
                 "rbac-test",
+                &regbridge::health::Health::default(),
                 work,
             )
             .await
