@@ -160,7 +160,16 @@ build_release() {
   cargo_ build --release --locked
 }
 
-STEPS=(check_fmt check_clippy check_chart run_tests build_release)
+# The scale scenario measures the release binary against the API stand-in and
+# prints its figures; it asserts only that the work completes and that a
+# steady state makes no writes.
+bench_scale() {
+  log "scale benchmark (release binary)"
+  REGBRIDGE_SCALE_BINARY="$ROOT/target/release/regbridge" \
+    cargo_ test --all-features --locked --test scale -- --ignored --nocapture
+}
+
+STEPS=(check_fmt check_clippy check_chart run_tests build_release bench_scale)
 
 # `tests/run.sh` runs every step; `tests/run.sh run_tests` only the named ones
 # (the peers are started either way).
