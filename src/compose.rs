@@ -15,6 +15,8 @@ pub struct EntryCredentials<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ComposedHost {
     pub host: String,
+    /// Which `credentials:` entry it came from.
+    pub entry: usize,
     pub provider: &'static str,
     pub expires_at: Option<DateTime<Utc>>,
 }
@@ -47,8 +49,9 @@ pub fn compose(entries: &[EntryCredentials<'_>]) -> Composed {
     let creds: Vec<RegistryCredential> = kept.iter().map(|(_, c, _)| (*c).clone()).collect();
     let mut hosts: Vec<ComposedHost> = kept
         .iter()
-        .map(|(_, c, provider)| ComposedHost {
+        .map(|(entry, c, provider)| ComposedHost {
             host: c.host.clone(),
+            entry: *entry,
             provider,
             expires_at: c.expires_at,
         })

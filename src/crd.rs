@@ -110,6 +110,10 @@ pub struct RegistryStatus {
     /// The last refresh failure, without any credential material.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What the provider keeps outside the cluster, such as the Harbor robot
+    /// account and its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -229,3 +229,199 @@ pub fn as_entries<'a>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use chrono::TimeDelta;
+    use regbridge_providers::spec::EcrSpec;
+    use regbridge_providers::{NoCluster, Redacted};
+
+    use super::*;
+    use crate::refresh::{BACKOFF_START, CLAMPED_LIFETIME, MIN_INTERVAL};
+
+    type Script = Arc<Mutex<VecDeque<Result<Vec<RegistryCredential>, ProviderError>>>>;
+
+    /// A provider that answers from a script, so the schedule can be driven
+    /// by an explicit clock.
+    struct Scripted(Script);
+
+    #[async_trait]
+    impl Provider for Scripted {
+        async fn mint(&self, _: &dyn Cluster) -> Result<Vec<RegistryCredential>, ProviderError> {
+            self.0
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("script has an answer")
+        }
+    }
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-27T00:00:00Z")
+            .unwrap()
+            .to_utc()
+    }
+
+    fn cred(password: &str, expires: DateTime<Utc>) -> RegistryCredential {
+        RegistryCredential {
+            host: "123.dkr.ecr.eu-west-1.amazonaws.com".into(),
+            username: "AWS".into(),
+            password: Redacted::new(password.into()),
+            expires_at: Some(expires),
+        }
+    }
+
+    fn remote() -> ProviderError {
+        ProviderError::Remote {
+            provider: "ecr",
+            reason: "throttled".into(),
+        }
+    }
+
+    fn scripted(
+        answers: Vec<Result<Vec<RegistryCredential>, ProviderError>>,
+    ) -> (Credentials, Script) {
+        let script: Script = Arc::new(Mutex::new(answers.into()));
+        let entry = Entry {
+            spec: CredentialSpec::Ecr(EcrSpec::default()),
+            provider: Box::new(Scripted(script.clone())),
+            last_good: Vec::new(),
+            next_refresh: None,
+            failures: 0,
+            invalid: false,
+            last_error: None,
+            refreshed_at: None,
+        };
+        (
+            Credentials {
+                entries: vec![entry],
+            },
+            script,
+        )
+    }
+
+    async fn tick(c: &mut Credentials, now: DateTime<Utc>) -> Vec<Attempt> {
+        c.refresh_due(&NoCluster, now, None, &mut || 0.0).await
+    }
+
+    #[tokio::test]
+    async fn nothing_is_minted_before_it_is_due() {
+        let (mut c, _) = scripted(vec![Ok(vec![cred("one", t0() + TimeDelta::hours(12))])]);
+        assert_eq!(tick(&mut c, t0()).await.len(), 1);
+        assert_eq!(c.next_wakeup(), Some(t0() + TimeDelta::hours(6)));
+        assert!(
+            tick(&mut c, t0() + TimeDelta::hours(5)).await.is_empty(),
+            "one mint per refresh, not per reconcile"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_provider_keeps_the_last_good_credential_until_it_expires() {
+        let expires = t0() + TimeDelta::hours(1);
+        let (mut c, _) = scripted(vec![
+            Ok(vec![cred("good", expires)]),
+            Err(remote()),
+            Err(remote()),
+            Err(remote()),
+        ]);
+        tick(&mut c, t0()).await;
+        let at = t0() + TimeDelta::minutes(31);
+        let attempts = tick(&mut c, at).await;
+        assert!(!attempts[0].ok);
+        assert_eq!(
+            c.current(at)[0].1.len(),
+            1,
+            "still served after a failed refresh"
+        );
+        let report = &c.reports(at)[0];
+        assert!(report.serving && !report.invalid);
+        assert!(report.last_error.as_deref().unwrap().contains("throttled"));
+        // Backoff: 5 s, then 10 s.
+        assert_eq!(
+            c.next_wakeup(),
+            Some(at + TimeDelta::from_std(BACKOFF_START).unwrap())
+        );
+        tick(&mut c, at + TimeDelta::seconds(5)).await;
+        assert_eq!(c.next_wakeup(), Some(at + TimeDelta::seconds(15)));
+        // Once expired, the host is dropped rather than distributed.
+        let later = expires + TimeDelta::seconds(1);
+        tick(&mut c, later).await;
+        assert!(c.current(later)[0].1.is_empty());
+        assert!(!c.reports(later)[0].serving);
+    }
+
+    #[tokio::test]
+    async fn a_configuration_error_clears_the_entry_and_marks_it_invalid() {
+        let (mut c, _) = scripted(vec![
+            Ok(vec![cred("good", t0() + TimeDelta::hours(1))]),
+            Err(ProviderError::SecretNotFound {
+                namespace: "regbridge".into(),
+                name: "gone".into(),
+            }),
+        ]);
+        tick(&mut c, t0()).await;
+        tick(&mut c, t0() + TimeDelta::hours(1) - TimeDelta::minutes(29)).await;
+        assert!(c.reports(t0())[0].invalid);
+        assert!(c.current(t0())[0].1.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_expiry_in_the_past_is_clamped_and_never_spins() {
+        let past = DateTime::parse_from_rfc3339("2015-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let (mut c, _) = scripted(vec![Ok(vec![cred("moto", past)])]);
+        let attempts = tick(&mut c, t0()).await;
+        assert!(attempts[0].clamped_expiry);
+        let served = &c.current(t0())[0].1;
+        assert_eq!(
+            served[0].expires_at,
+            Some(t0() + TimeDelta::from_std(CLAMPED_LIFETIME).unwrap())
+        );
+        let wait = c.next_wakeup().unwrap() - t0();
+        assert!(wait >= TimeDelta::from_std(MIN_INTERVAL).unwrap(), "{wait}");
+    }
+
+    /// The GKE metadata server hands out the same token until about five
+    /// minutes before it expires. Refreshing at half the remaining lifetime
+    /// keeps halving the wait, so the scheduler reaches that window in a few
+    /// attempts, never closer together than the minimum interval, and gets
+    /// the new token well before the old one expires.
+    #[tokio::test]
+    async fn a_cached_token_is_retried_inside_the_metadata_window() {
+        let old_expiry = t0() + TimeDelta::hours(1);
+        let window = old_expiry - TimeDelta::minutes(5);
+        let (mut c, script) = scripted(vec![]);
+        let mut now = t0();
+        let mut attempts = 0;
+        let mut last: Option<DateTime<Utc>> = None;
+        loop {
+            let answer = if now < window {
+                cred("cached", old_expiry)
+            } else {
+                cred("fresh", now + TimeDelta::hours(1))
+            };
+            script.lock().unwrap().push_back(Ok(vec![answer]));
+            tick(&mut c, now).await;
+            attempts += 1;
+            if let Some(prev) = last {
+                assert!(now - prev >= TimeDelta::from_std(MIN_INTERVAL).unwrap());
+            }
+            last = Some(now);
+            if c.current(now)[0].1[0].password.expose() == "fresh" {
+                break;
+            }
+            now = c.next_wakeup().unwrap();
+            assert!(attempts < 20, "spinning");
+        }
+        assert!(
+            now < old_expiry,
+            "the new token arrived before the old one expired"
+        );
+        assert!(attempts <= 8, "{attempts} attempts");
+    }
+}

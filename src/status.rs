@@ -119,13 +119,14 @@ pub fn build(
         .hosts
         .iter()
         .map(|h| {
-            let entry = obs.entries.iter().find(|e| e.provider == h.provider);
+            let entry = obs.entries.iter().find(|e| e.index == h.entry);
             RegistryStatus {
                 host: h.host.clone(),
                 provider: h.provider.into(),
                 expires_at: h.expires_at.map(rfc3339),
                 last_refresh_time: entry.and_then(|e| e.refreshed_at).map(rfc3339),
                 last_error: entry.and_then(|e| e.last_error.clone()),
+                note: entry.and_then(|e| e.note.clone()),
             }
         })
         .collect();
@@ -212,6 +213,58 @@ mod tests {
             .unwrap();
         let second = build(Some(&first), &obs(&[]), later);
         assert_eq!(first, second, "no status write when nothing changed");
+    }
+
+    #[test]
+    fn each_host_reports_its_own_entry_and_provider_note() {
+        let hosts = [
+            ComposedHost {
+                host: "harbor.example.com".into(),
+                entry: 1,
+                provider: "harbor",
+                expires_at: None,
+            },
+            ComposedHost {
+                host: "quay.io".into(),
+                entry: 0,
+                provider: "static",
+                expires_at: None,
+            },
+        ];
+        let report = |index, provider, note: Option<&str>, error: Option<&str>| EntryReport {
+            index,
+            provider,
+            invalid: false,
+            last_error: error.map(String::from),
+            refreshed_at: None,
+            serving: true,
+            note: note.map(String::from),
+        };
+        let entries = [
+            report(0, "static", None, None),
+            report(
+                1,
+                "harbor",
+                Some("harbor robot robot$team-a (id 7)"),
+                Some("harbor: 503"),
+            ),
+        ];
+        let mut o = obs(&[]);
+        o.hosts = &hosts;
+        o.entries = &entries;
+        let s = build(None, &o, Timestamp::UNIX_EPOCH);
+        let harbor = s
+            .registries
+            .iter()
+            .find(|r| r.host == "harbor.example.com")
+            .unwrap();
+        assert_eq!(
+            harbor.note.as_deref(),
+            Some("harbor robot robot$team-a (id 7)")
+        );
+        assert_eq!(harbor.last_error.as_deref(), Some("harbor: 503"));
+        let quay = s.registries.iter().find(|r| r.host == "quay.io").unwrap();
+        assert!(quay.note.is_none() && quay.last_error.is_none());
     }
 
     #[test]
