@@ -191,3 +191,20 @@ pub fn docker_config(secret: &Value) -> Value {
         .unwrap_or_default();
     serde_json::from_slice(&STANDARD.decode(b64).unwrap_or_default()).unwrap_or(Value::Null)
 }
+
+/// A test peer's address from the environment. Unset: the test is skipped,
+/// loudly, unless `REGBRIDGE_REQUIRE_PEERS=1` (tests/run.sh) makes it a
+/// failure.
+pub fn peer(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Some(v.trim().trim_end_matches('/').to_owned()),
+        _ => {
+            assert!(
+                std::env::var("REGBRIDGE_REQUIRE_PEERS").as_deref() != Ok("1"),
+                "{var} is unset, and REGBRIDGE_REQUIRE_PEERS=1 makes a missing peer a failure"
+            );
+            eprintln!("\n*** SKIP: {var} is unset (tests/run.sh starts the peers) ***\n");
+            None
+        }
+    }
+}
