@@ -1,7 +1,10 @@
 //! A running controller against the in-process API stand-in, plus builders
-//! for the objects tests create. Shared by the controller and scale tests.
+//! for the objects tests create. Shared by the controller, scale and e2e
+//! tests.
 
 #![allow(dead_code)] // each test binary uses a different part
+
+pub mod e2e;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
