@@ -16,6 +16,7 @@ pub mod labels;
 pub mod leader;
 pub mod metrics;
 pub mod mint;
+pub mod pull_failures;
 pub mod refresh;
 pub mod selection;
 pub mod serviceaccount_patch;
