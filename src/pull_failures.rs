@@ -330,7 +330,11 @@ fn class_char(p: &[char]) -> Option<(char, usize)> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AuthReason {
     /// The runtime sent no credentials for the host ("no basic auth
-    /// credentials", or containerd's anonymous token request refused).
+    /// credentials", or containerd's anonymous token request refused:
+    /// containerd's `core/remotes/docker/authorizer.go` (`doBearerAuth`)
+    /// asks for an anonymous token only when it holds no secret for the
+    /// host, or after dropping one the registry refused with
+    /// `insufficient_scope`).
     /// The commonest cause: the pod does not reference the managed Secret
     /// (its ServiceAccount is not selected, or the pod predates the patch).
     NoCredentials,
