@@ -18,16 +18,16 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use regbridge_providers::BuildContext;
 use regbridge_providers::spec::CredentialSpec;
+use regbridge_providers::{BuildContext, Verification, Verifier};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use crate::apply_plan::Writer;
 use crate::cluster_access::CachedCluster;
 use crate::compose::compose;
-use crate::crd::{ClusterPullSecret, ClusterPullSecretStatus};
-use crate::credentials::{Credentials, as_entries};
+use crate::crd::{ClusterPullSecret, ClusterPullSecretStatus, VerifyPolicy};
+use crate::credentials::{Credentials, EntryReport, RefreshOptions, as_entries};
 use crate::distribute::{Claim, Desired, Plan, World, copy_labels, payload_digest, plan};
 use crate::health::Health;
 use crate::index::{Index, NamespaceView, SecretView, ServiceAccountView};
@@ -92,6 +92,8 @@ struct ResourceState {
     /// that was last seen.
     foreign: HashMap<String, Instant>,
     reported_conflicts: BTreeSet<String>,
+    /// The refresh failure last reported in an Event.
+    reported_failure: Option<String>,
 }
 
 pub struct Context {
@@ -100,6 +102,8 @@ pub struct Context {
     pub stores: Stores,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
+    /// One registry handshake client, shared by every resource.
+    verifier: Verifier,
     state: Mutex<HashMap<String, Arc<tokio::sync::Mutex<ResourceState>>>>,
     failures: Mutex<HashMap<String, u32>>,
     /// Tells every resource to reconcile (a deleted resource may hand
@@ -412,9 +416,14 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         namespace: ctx.config.namespace.clone(),
     };
     let now = Utc::now();
+    let options = RefreshOptions {
+        refresh_before,
+        verifier: (cps.spec.verify != VerifyPolicy::Off).then_some(&ctx.verifier),
+        enforce: cps.spec.verify == VerifyPolicy::Enforce,
+    };
     let attempts = state
         .credentials
-        .refresh_due(&cluster, now, refresh_before, &mut || rand_jitter())
+        .refresh_due(&cluster, now, &options, &mut || rand_jitter())
         .await;
     for a in &attempts {
         let labels = RefreshLabels {
@@ -427,6 +436,25 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
             .refresh_duration
             .get_or_create(&labels)
             .observe(a.elapsed.as_secs_f64());
+        for (registry, result) in &a.verified {
+            ctx.metrics
+                .verifications
+                .get_or_create(&crate::metrics::VerificationLabels {
+                    resource: name.clone(),
+                    registry: registry.clone(),
+                    result,
+                })
+                .inc();
+        }
+        if let Some(message) = &a.rejected {
+            ctx.event(
+                &cps,
+                EventType::Warning,
+                "CredentialRejected",
+                message.clone(),
+            )
+            .await;
+        }
         if a.clamped_expiry {
             warn!(resource = %name, provider = a.provider, "provider reported an expiry in the past or too near; clamped");
         }
@@ -462,7 +490,9 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
     } else {
         Verdict::fail("RefreshFailing", failing.join("; "))
     };
-    if !failing.is_empty() {
+    // One Event per new failure text, not one per reconcile.
+    let failure_text = (!failing.is_empty()).then(|| failing.join("; "));
+    if failure_text.is_some() && failure_text != state.reported_failure {
         ctx.event(
             &cps,
             EventType::Warning,
@@ -471,6 +501,8 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         )
         .await;
     }
+    state.reported_failure = failure_text;
+    let verified = (cps.spec.verify != VerifyPolicy::Off).then(|| verification_verdict(&reports));
     for h in &composed.hosts {
         if let Some(exp) = h.expires_at {
             ctx.metrics
@@ -586,6 +618,7 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         generation: cps.metadata.generation,
         credentials: credentials_verdict,
         distributed,
+        verified,
         hosts: &composed.hosts,
         entries: &reports,
         selected,
@@ -620,6 +653,26 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         .next_wakeup()
         .map(|at| (at - Utc::now()).to_std().unwrap_or_default().min(RESYNC));
     Ok(Action::requeue(wait.unwrap_or(RESYNC)))
+}
+
+/// `Verified`: every registry answered the credential with success (or
+/// allows anonymous pulls). False on the first rejection; Unknown while a
+/// registry cannot be reached, since nodes may still reach it.
+fn verification_verdict(reports: &[EntryReport]) -> Verdict {
+    let checked: Vec<(&String, &Verification)> = reports
+        .iter()
+        .flat_map(|r| r.verified.iter().map(|(h, c)| (h, &c.verification)))
+        .collect();
+    if let Some((host, v)) = checked.iter().find(|(_, v)| v.is_rejected()) {
+        return Verdict::fail("Rejected", format!("{host}: {v}"));
+    }
+    if let Some((host, v)) = checked.iter().find(|(_, v)| v.result() == "Unreachable") {
+        return Verdict::unknown("Unreachable", format!("{host}: {v}"));
+    }
+    if checked.is_empty() {
+        return Verdict::unknown("NotChecked", "no registry has been checked yet");
+    }
+    Verdict::ok("Verified", format!("{} registries verified", checked.len()))
 }
 
 fn rand_jitter() -> f64 {
@@ -889,6 +942,7 @@ pub async fn run(
         stores: stores.clone(),
         metrics,
         recorder,
+        verifier: Verifier::default(),
         state: Mutex::default(),
         failures: Mutex::default(),
         reconcile_all: trigger_all,

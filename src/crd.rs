@@ -48,6 +48,21 @@ pub struct ClusterPullSecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
     pub refresh_before: Option<String>,
+    /// Prove each newly minted credential against its registry (the Docker
+    /// Registry v2 handshake) before it replaces the last good one.
+    /// `Enforce`: a credential the registry rejects is never distributed.
+    /// `Warn`: verify and report, distribute anyway. `Off`: no verification.
+    /// An unreachable registry never blocks distribution.
+    #[serde(default)]
+    pub verify: VerifyPolicy,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum VerifyPolicy {
+    #[default]
+    Enforce,
+    Warn,
+    Off,
 }
 
 fn default_service_accounts() -> Vec<String> {
@@ -114,6 +129,21 @@ pub struct RegistryStatus {
     /// account and its id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The registry's answer to the last credential minted for this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationStatus {
+    /// `Verified`, `Anonymous` (the registry allows anonymous access, so the
+    /// credential was not exercised), `Rejected` or `Unreachable`.
+    pub result: String,
+    pub checked_at: String,
+    /// The registry's error code and message; never credential material.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -2,11 +2,15 @@
 //! last good mint of each, and when each is due again. One mint per entry per
 //! refresh, shared by every namespace.
 
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use regbridge_providers::spec::CredentialSpec;
-use regbridge_providers::{BuildContext, Cluster, Provider, ProviderError, RegistryCredential};
+use regbridge_providers::{
+    BuildContext, Cluster, Provider, ProviderError, RegistryCredential, Verification, Verifier,
+};
 
 use crate::compose::EntryCredentials;
 use crate::refresh::{backoff, next_refresh, sane_expiry};
@@ -22,6 +26,32 @@ struct Entry {
     invalid: bool,
     last_error: Option<String>,
     refreshed_at: Option<DateTime<Utc>>,
+    /// The registry's answer per host, and for which credential (a digest),
+    /// so an unchanged credential is not verified again on every read.
+    verified: BTreeMap<String, Checked>,
+}
+
+/// One registry handshake's outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    credential: u64,
+    pub verification: Verification,
+    pub at: DateTime<Utc>,
+}
+
+fn credential_digest(c: &RegistryCredential) -> u64 {
+    let mut h = DefaultHasher::new();
+    (&c.username, c.password.expose()).hash(&mut h);
+    h.finish()
+}
+
+/// How a refresh treats new credentials.
+pub struct RefreshOptions<'a> {
+    pub refresh_before: Option<Duration>,
+    /// `None`: no verification (`verify: Off`, or `mint` without `--verify`).
+    pub verifier: Option<&'a Verifier>,
+    /// A rejected credential never replaces the last good one.
+    pub enforce: bool,
 }
 
 impl Entry {
@@ -35,7 +65,43 @@ impl Entry {
             invalid: false,
             last_error: None,
             refreshed_at: None,
+            verified: BTreeMap::new(),
         })
+    }
+
+    /// Verifies what changed since the last handshake; returns the first
+    /// host the registry rejected, with its answer.
+    async fn verify(
+        &mut self,
+        creds: &[RegistryCredential],
+        verifier: &Verifier,
+        now: DateTime<Utc>,
+    ) -> Option<(String, Verification)> {
+        let changed: Vec<RegistryCredential> = creds
+            .iter()
+            .filter(|c| {
+                self.verified
+                    .get(&c.host)
+                    .is_none_or(|v| v.credential != credential_digest(c))
+            })
+            .cloned()
+            .collect();
+        for (c, verification) in changed.iter().zip(verifier.verify_all(&changed).await) {
+            self.verified.insert(
+                c.host.clone(),
+                Checked {
+                    credential: credential_digest(c),
+                    verification,
+                    at: now,
+                },
+            );
+        }
+        self.verified
+            .retain(|host, _| creds.iter().any(|c| &c.host == host));
+        self.verified
+            .iter()
+            .find(|(_, v)| v.verification.is_rejected())
+            .map(|(h, v)| (h.clone(), v.verification.clone()))
     }
 
     /// Static entries read a cached Secret, so they are re-read every time;
@@ -53,6 +119,10 @@ pub struct Attempt {
     pub elapsed: Duration,
     /// The provider reported an expiry in the past or absurdly near.
     pub clamped_expiry: bool,
+    /// Handshakes made in this attempt: host and result.
+    pub verified: Vec<(String, &'static str)>,
+    /// The registry rejected the new credential, and it was not taken.
+    pub rejected: Option<String>,
 }
 
 /// An entry's state, for status.
@@ -64,6 +134,7 @@ pub struct EntryReport {
     pub refreshed_at: Option<DateTime<Utc>>,
     pub serving: bool,
     pub note: Option<String>,
+    pub verified: BTreeMap<String, Checked>,
 }
 
 #[derive(Default)]
@@ -104,10 +175,11 @@ impl Credentials {
         &mut self,
         cluster: &dyn Cluster,
         now: DateTime<Utc>,
-        refresh_before: Option<Duration>,
+        options: &RefreshOptions<'_>,
         jitter: &mut (dyn FnMut() -> f64 + Send),
     ) -> Vec<Attempt> {
         let mut attempts = Vec::new();
+        let refresh_before = options.refresh_before;
         for entry in self.entries.iter_mut().filter(|e| e.due(now)) {
             let started = Instant::now();
             let result = entry.provider.mint(cluster).await;
@@ -116,9 +188,36 @@ impl Credentials {
                 ok: result.is_ok(),
                 elapsed: started.elapsed(),
                 clamped_expiry: false,
+                verified: Vec::new(),
+                rejected: None,
             };
             match result {
                 Ok(mut creds) => {
+                    if let Some(verifier) = options.verifier {
+                        let before: BTreeMap<String, Checked> = entry.verified.clone();
+                        let rejected = entry.verify(&creds, verifier, now).await;
+                        attempt.verified = entry
+                            .verified
+                            .iter()
+                            .filter(|(h, v)| before.get(*h) != Some(*v))
+                            .map(|(h, v)| (h.clone(), v.verification.result()))
+                            .collect();
+                        if let (true, Some((host, answer))) = (options.enforce, rejected) {
+                            let message = format!(
+                                "registry {host} rejected the new credential ({answer}); the last good one keeps serving"
+                            );
+                            attempt.ok = false;
+                            attempt.rejected = Some(message.clone());
+                            entry.failures += 1;
+                            entry.last_error = Some(message);
+                            entry.next_refresh = Some(
+                                now + chrono::TimeDelta::from_std(backoff(entry.failures))
+                                    .unwrap_or_default(),
+                            );
+                            attempts.push(attempt);
+                            continue;
+                        }
+                    }
                     let mut soonest: Option<DateTime<Utc>> = None;
                     for c in &mut creds {
                         if let Some(reported) = c.expires_at {
@@ -192,6 +291,7 @@ impl Credentials {
                     .iter()
                     .any(|c| c.expires_at.is_none_or(|exp| exp > now)),
                 note: e.provider.status_note(),
+                verified: e.verified.clone(),
             })
             .collect()
     }
@@ -295,6 +395,7 @@ mod tests {
             invalid: false,
             last_error: None,
             refreshed_at: None,
+            verified: BTreeMap::new(),
         };
         (
             Credentials {
@@ -305,7 +406,12 @@ mod tests {
     }
 
     async fn tick(c: &mut Credentials, now: DateTime<Utc>) -> Vec<Attempt> {
-        c.refresh_due(&NoCluster, now, None, &mut || 0.0).await
+        let options = RefreshOptions {
+            refresh_before: None,
+            verifier: None,
+            enforce: false,
+        };
+        c.refresh_due(&NoCluster, now, &options, &mut || 0.0).await
     }
 
     #[tokio::test]

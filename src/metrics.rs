@@ -49,6 +49,14 @@ pub struct CredentialLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerificationLabels {
+    pub resource: String,
+    pub registry: String,
+    /// `Verified`, `Anonymous`, `Rejected` or `Unreachable`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefreshLabels {
     pub resource: String,
     pub provider: &'static str,
@@ -71,6 +79,7 @@ pub struct Metrics {
     pub credential_expiry: Family<CredentialLabels, Gauge<f64, AtomicU64>>,
     pub refreshes: Family<RefreshLabels, Counter>,
     pub refresh_duration: HistogramFamily<RefreshLabels>,
+    pub verifications: Family<VerificationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -125,6 +134,12 @@ impl Default for Metrics {
             "Time one credential refresh took",
             refresh_duration.clone(),
         );
+        let verifications = Family::default();
+        registry.register(
+            "registry_verifications",
+            "Registry handshakes proving a minted credential, by result",
+            verifications.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -135,6 +150,7 @@ impl Default for Metrics {
             credential_expiry,
             refreshes,
             refresh_duration,
+            verifications,
         }
     }
 }

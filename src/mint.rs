@@ -10,7 +10,7 @@ use regbridge_providers::{BuildContext, NoCluster, Verification, Verifier, docke
 use serde::Deserialize;
 
 use crate::compose::{Composed, compose};
-use crate::credentials::{Credentials, as_entries};
+use crate::credentials::{Credentials, RefreshOptions, as_entries};
 use crate::status::rfc3339;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,14 @@ pub async fn mint(path: &Path) -> Result<Composed, MintError> {
             reason: e.to_string(),
         })?;
     let now = Utc::now();
-    creds.refresh_due(&NoCluster, now, None, &mut || 0.0).await;
+    let options = RefreshOptions {
+        refresh_before: None,
+        verifier: None,
+        enforce: false,
+    };
+    creds
+        .refresh_due(&NoCluster, now, &options, &mut || 0.0)
+        .await;
     if let Some(bad) = creds
         .reports(now)
         .into_iter()

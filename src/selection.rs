@@ -156,6 +156,7 @@ mod tests {
             },
             service_accounts: sas.iter().map(|s| s.to_string()).collect(),
             refresh_before: None,
+            verify: Default::default(),
         }
     }
 

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::compose::ComposedHost;
-use crate::crd::{ClusterPullSecretStatus, NamespaceCounts, RegistryStatus};
+use crate::crd::{ClusterPullSecretStatus, NamespaceCounts, RegistryStatus, VerificationStatus};
 use crate::credentials::EntryReport;
 
 /// At most this many conflicting namespaces are listed.
@@ -16,6 +16,7 @@ pub const MAX_LISTED_CONFLICTS: usize = 20;
 pub const READY: &str = "Ready";
 pub const CREDENTIALS_READY: &str = "CredentialsReady";
 pub const DISTRIBUTED: &str = "Distributed";
+pub const VERIFIED: &str = "Verified";
 
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -24,25 +25,31 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 /// One condition's wanted state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
-    pub ok: bool,
+    /// `True`, `False` or `Unknown`.
+    pub status: &'static str,
     pub reason: String,
     pub message: String,
 }
 
 impl Verdict {
-    pub fn ok(reason: &str, message: impl Into<String>) -> Self {
+    fn new(status: &'static str, reason: &str, message: impl Into<String>) -> Self {
         Self {
-            ok: true,
+            status,
             reason: reason.into(),
             message: message.into(),
         }
     }
+    pub fn ok(reason: &str, message: impl Into<String>) -> Self {
+        Self::new("True", reason, message)
+    }
     pub fn fail(reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            reason: reason.into(),
-            message: message.into(),
-        }
+        Self::new("False", reason, message)
+    }
+    pub fn unknown(reason: &str, message: impl Into<String>) -> Self {
+        Self::new("Unknown", reason, message)
+    }
+    pub fn is_ok(&self) -> bool {
+        self.status == "True"
     }
 }
 
@@ -54,7 +61,7 @@ pub fn condition(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
-    let status = if v.ok { "True" } else { "False" };
+    let status = v.status;
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -75,6 +82,8 @@ pub struct Observation<'a> {
     pub generation: Option<i64>,
     pub credentials: Verdict,
     pub distributed: Verdict,
+    /// `None` with `verify: Off`.
+    pub verified: Option<Verdict>,
     pub hosts: &'a [ComposedHost],
     pub entries: &'a [EntryReport],
     pub selected: u32,
@@ -91,14 +100,14 @@ pub fn build(
     let prev_conditions = previous
         .map(|p| p.conditions.as_slice())
         .unwrap_or_default();
-    let ready = if !obs.credentials.ok {
+    let ready = if !obs.credentials.is_ok() {
         obs.credentials.clone()
-    } else if !obs.distributed.ok {
+    } else if !obs.distributed.is_ok() {
         obs.distributed.clone()
     } else {
         Verdict::ok("Ready", "credentials are current and distributed")
     };
-    let conditions = vec![
+    let mut conditions = vec![
         condition(prev_conditions, READY, &ready, obs.generation, now),
         condition(
             prev_conditions,
@@ -115,6 +124,9 @@ pub fn build(
             now,
         ),
     ];
+    if let Some(v) = &obs.verified {
+        conditions.push(condition(prev_conditions, VERIFIED, v, obs.generation, now));
+    }
     let registries: Vec<RegistryStatus> = obs
         .hosts
         .iter()
@@ -127,6 +139,13 @@ pub fn build(
                 last_refresh_time: entry.and_then(|e| e.refreshed_at).map(rfc3339),
                 last_error: entry.and_then(|e| e.last_error.clone()),
                 note: entry.and_then(|e| e.note.clone()),
+                verification: entry.and_then(|e| e.verified.get(&h.host)).map(|c| {
+                    VerificationStatus {
+                        result: c.verification.result().into(),
+                        checked_at: rfc3339(c.at),
+                        message: c.verification.message(),
+                    }
+                }),
             }
         })
         .collect();
@@ -196,6 +215,7 @@ mod tests {
             generation: Some(3),
             credentials: Verdict::ok("Minted", "1 registry"),
             distributed: Verdict::ok("Distributed", "2/2 namespaces"),
+            verified: None,
             hosts: &[],
             entries: &[],
             selected: 2,
@@ -239,6 +259,7 @@ mod tests {
             refreshed_at: None,
             serving: true,
             note: note.map(String::from),
+            verified: Default::default(),
         };
         let entries = [
             report(0, "static", None, None),

@@ -361,6 +361,7 @@ async fn run_scenario() -> Vec<RequestRecord> {
         .unwrap();
     let tenant = json!({
         "secretName": "tenant-pull",
+        "verify": "Off", // moto's ECR hosts are not real registries
         "credentials": [{"ecr": {
             "region": "eu-west-1",
             "roleArn": "arn:aws:iam::123456789012:role/team-a-pull",

@@ -52,6 +52,7 @@ async fn per_tenant_ecr_credential_is_minted_once_clamped_and_distributed() {
     .await;
     let spec = json!({
         "secretName": "ecr-pull",
+        "verify": "Off", // moto's ECR hosts are not real registries
         "credentials": [{"ecr": {
             "region": "eu-west-1",
             "roleArn": "arn:aws:iam::123456789012:role/team-a-pull",

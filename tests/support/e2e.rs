@@ -123,6 +123,7 @@ pub async fn run_scenarios(client: Client, tag: &str) {
         json!({"apiVersion": "regbridge.dev/v1alpha1", "kind": "ClusterPullSecret", "metadata": {"name": name},
                "spec": {"secretName": "regcred",
                         "credentials": [{"static": {"secretRef": {"namespace": ctl, "name": "dockerhub"}}}],
+                        "verify": "Off",
                         "namespaces": {"include": [format!("{tag}-*")], "exclude": [ctl.clone()]}}}),
     )
     .await;
