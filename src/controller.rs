@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Secret, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -33,6 +33,7 @@ use crate::health::Health;
 use crate::index::{Index, NamespaceView, SecretView, ServiceAccountView};
 use crate::labels::{FIELD_MANAGER, FINALIZER, RESOURCE, ROLE, ROLE_SOURCE, managed_selector};
 use crate::metrics::{Metrics, NamespaceLabels, ReconcileLabels, RefreshLabels, ResourceLabels};
+use crate::pull_feedback::{FIELD_SELECTOR, PullFeedback, feedback};
 use crate::refresh::{backoff, parse_duration};
 use crate::selection::Selection;
 use crate::status::{self, Observation, Verdict};
@@ -104,6 +105,7 @@ pub struct Context {
     recorder: Recorder,
     /// One registry handshake client, shared by every resource.
     verifier: Verifier,
+    pub(crate) pull_feedback: PullFeedback,
     state: Mutex<HashMap<String, Arc<tokio::sync::Mutex<ResourceState>>>>,
     failures: Mutex<HashMap<String, u32>>,
     /// Tells every resource to reconcile (a deleted resource may hand
@@ -121,7 +123,13 @@ impl Context {
             .clone()
     }
 
-    async fn event(&self, cps: &ClusterPullSecret, type_: EventType, reason: &str, note: String) {
+    pub(crate) async fn publish(
+        &self,
+        cps: &ClusterPullSecret,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let ev = KubeEvent {
             type_,
             reason: reason.into(),
@@ -132,6 +140,14 @@ impl Context {
         if let Err(e) = self.recorder.publish(&ev, &cps.object_ref(&())).await {
             warn!(resource = %cps.name_any(), error = %e, "publishing Event failed");
         }
+    }
+}
+
+impl Context {
+    /// Mints every entry of the resource again at its next reconcile.
+    pub(crate) async fn refresh_now(&self, cps: &ClusterPullSecret) {
+        let state = self.state_of(&cps.uid().unwrap_or_default());
+        state.lock().await.credentials.refresh_now();
     }
 }
 
@@ -188,7 +204,7 @@ async fn reject(
         .map(|c| c.reason.as_str())
         != Some(reason)
     {
-        ctx.event(cps, EventType::Warning, reason, message).await;
+        ctx.publish(cps, EventType::Warning, reason, message).await;
     }
     write_status(ctx, cps, status).await?;
     Ok(Action::requeue(RESYNC))
@@ -447,7 +463,7 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
                 .inc();
         }
         if let Some(message) = &a.rejected {
-            ctx.event(
+            ctx.publish(
                 &cps,
                 EventType::Warning,
                 "CredentialRejected",
@@ -493,7 +509,7 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
     // One Event per new failure text, not one per reconcile.
     let failure_text = (!failing.is_empty()).then(|| failing.join("; "));
     if failure_text.is_some() && failure_text != state.reported_failure {
-        ctx.event(
+        ctx.publish(
             &cps,
             EventType::Warning,
             "RefreshFailed",
@@ -555,7 +571,7 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
     let new_conflicts: Vec<&String> = conflicts.difference(&state.reported_conflicts).collect();
     if !new_conflicts.is_empty() {
         let shown: Vec<&str> = new_conflicts.iter().take(5).map(|s| s.as_str()).collect();
-        ctx.event(
+        ctx.publish(
             &cps,
             EventType::Warning,
             "SecretConflict",
@@ -575,7 +591,7 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
     }
     state.reported_conflicts = conflicts.clone();
     if let Some(first) = outcome.errors.first() {
-        ctx.event(
+        ctx.publish(
             &cps,
             EventType::Warning,
             "DistributionFailed",
@@ -625,6 +641,7 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         synced,
         conflicts: &conflict_list,
         warnings: composed.warnings.clone(),
+        pull_failures: ctx.pull_feedback.status_of(&name),
     };
     write_status(
         ctx,
@@ -727,10 +744,11 @@ async fn cleanup(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, E
     };
     for e in state.lock().await.credentials.cleanup(&cluster).await {
         warn!(resource = %name, error = %e, "provider cleanup failed");
-        ctx.event(&cps, EventType::Warning, "CleanupFailed", e.to_string())
+        ctx.publish(&cps, EventType::Warning, "CleanupFailed", e.to_string())
             .await;
     }
     ctx.state.lock().expect("state lock").remove(&uid);
+    ctx.pull_feedback.forget(&name);
     let _ = ctx.reconcile_all.send(());
     info!(resource = %name, "cleaned up");
     Ok(Action::await_change())
@@ -943,10 +961,20 @@ pub async fn run(
         metrics,
         recorder,
         verifier: Verifier::default(),
+        pull_feedback: PullFeedback::default(),
         state: Mutex::default(),
         failures: Mutex::default(),
         reconcile_all: trigger_all,
     });
+    // Only the kubelet's pull failures, selected by the server: no Event
+    // is cached.
+    let pull_events = watched(
+        "pull-events",
+        Api::<CoreEvent>::all(ctx.client.clone()),
+        watcher::Config::default().fields(FIELD_SELECTOR),
+        &health,
+        &ctx.metrics,
+    );
     let by_label = {
         let store = stores.resources.clone();
         move |s: Secret| {
@@ -975,6 +1003,7 @@ pub async fn run(
             all(stores.resources.clone()),
         )
         .reconcile_all_on(tokio_stream_from(all_rx))
+        .reconcile_on(feedback(ctx.clone(), pull_events))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})

@@ -110,6 +110,49 @@ pub struct ClusterPullSecretStatus {
     /// Non-fatal problems, such as a host yielded by two entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Image pulls from this resource's registries that failed to
+    /// authenticate, seen in the kubelet's Events, since the controller
+    /// started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pull_failure_count: u64,
+    /// The newest of them, one per pod and image, newest first (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull_failures: Vec<PullFailureStatus>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A failed pull, as the kubelet reported it. Never holds credentials.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PullFailureStatus {
+    pub namespace: String,
+    pub pod: String,
+    pub image: String,
+    /// The registry key in the Secret that kubelet would have used.
+    pub host: String,
+    pub time: String,
+    /// A short category, such as `Unauthorized` or `NoCredentials`.
+    pub reason: String,
+    /// The runtime's error, shortened and sanitised.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+impl From<&crate::pull_failures::PullFailure> for PullFailureStatus {
+    fn from(f: &crate::pull_failures::PullFailure) -> Self {
+        Self {
+            namespace: f.namespace.clone(),
+            pod: f.pod.clone(),
+            image: f.image.clone(),
+            host: f.host.clone(),
+            time: crate::status::rfc3339(f.time),
+            reason: f.reason.clone(),
+            detail: f.detail.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

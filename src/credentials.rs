@@ -296,6 +296,14 @@ impl Credentials {
             .collect()
     }
 
+    /// Makes every entry due at once: a pull just failed to authenticate
+    /// with what they minted.
+    pub fn refresh_now(&mut self) {
+        for e in &mut self.entries {
+            e.next_refresh = None;
+        }
+    }
+
     /// The earliest time any entry wants to mint again.
     pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
         self.entries

@@ -17,6 +17,7 @@ pub mod leader;
 pub mod metrics;
 pub mod mint;
 pub mod pull_failures;
+pub mod pull_feedback;
 pub mod refresh;
 pub mod selection;
 pub mod serviceaccount_patch;

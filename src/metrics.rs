@@ -49,6 +49,12 @@ pub struct CredentialLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabels {
+    pub resource: String,
+    pub registry: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerificationLabels {
     pub resource: String,
     pub registry: String,
@@ -80,6 +86,7 @@ pub struct Metrics {
     pub refreshes: Family<RefreshLabels, Counter>,
     pub refresh_duration: HistogramFamily<RefreshLabels>,
     pub verifications: Family<VerificationLabels, Counter>,
+    pub pull_auth_failures: Family<RegistryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -140,6 +147,12 @@ impl Default for Metrics {
             "Registry handshakes proving a minted credential, by result",
             verifications.clone(),
         );
+        let pull_auth_failures = Family::default();
+        registry.register(
+            "pull_auth_failures",
+            "Image pulls that failed to authenticate against a registry this resource serves",
+            pull_auth_failures.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -151,6 +164,7 @@ impl Default for Metrics {
             refreshes,
             refresh_duration,
             verifications,
+            pull_auth_failures,
         }
     }
 }

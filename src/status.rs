@@ -7,7 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::compose::ComposedHost;
-use crate::crd::{ClusterPullSecretStatus, NamespaceCounts, RegistryStatus, VerificationStatus};
+use crate::crd::{
+    ClusterPullSecretStatus, NamespaceCounts, PullFailureStatus, RegistryStatus, VerificationStatus,
+};
 use crate::credentials::EntryReport;
 
 /// At most this many conflicting namespaces are listed.
@@ -90,6 +92,8 @@ pub struct Observation<'a> {
     pub synced: u32,
     pub conflicts: &'a [String],
     pub warnings: Vec<String>,
+    /// The total and the newest pull failures.
+    pub pull_failures: (u64, Vec<PullFailureStatus>),
 }
 
 pub fn build(
@@ -171,6 +175,8 @@ pub fn build(
         },
         conflicts,
         warnings: obs.warnings.clone(),
+        pull_failure_count: obs.pull_failures.0,
+        pull_failures: obs.pull_failures.1.clone(),
     }
 }
 
@@ -222,6 +228,7 @@ mod tests {
             synced: 2,
             conflicts,
             warnings: vec![],
+            pull_failures: (0, vec![]),
         }
     }
 

@@ -564,3 +564,91 @@ async fn credentials_never_reach_status_or_events() {
     assert!(!h.metrics.encode().contains(PASSWORD));
     h.stop().await;
 }
+
+fn kubelet_event(ns: &str, name: &str, pod: &str, message: &str) -> Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": ns},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod, "namespace": ns},
+        "reason": "Failed", "type": "Warning", "message": message,
+        "source": {"component": "kubelet", "host": "node-1"},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1
+    })
+}
+
+#[tokio::test]
+async fn auth_failed_pull_on_a_served_host_shows_on_status() {
+    let h = with_dockerhub(dockerhub_spec(), &["a", "kube-x"]).await;
+    wait_for("synced", T, || synced(&h, "a")).await;
+    wait_for("hosts on status", T, || {
+        h.cps("company")
+            .and_then(|c| c.pointer("/status/registries/0/host").cloned())
+            .is_some()
+    })
+    .await;
+    // Ignored: an unselected namespace, a host regbridge does not serve, and
+    // a missing image.
+    for (ns, name, msg) in [
+        (
+            "kube-x",
+            "e1",
+            r#"Failed to pull image "nginx:1.27": 401 Unauthorized"#,
+        ),
+        (
+            "a",
+            "e2",
+            r#"Failed to pull image "quay.io/team/app:1": unauthorized: authentication required"#,
+        ),
+        (
+            "a",
+            "e3",
+            r#"Failed to pull image "nginx:9.99": rpc error: code = NotFound desc = failed to pull and unpack image "docker.io/library/nginx:9.99": not found"#,
+        ),
+    ] {
+        h.server
+            .create(
+                &Resource::EVENTS,
+                Some(ns),
+                kubelet_event(ns, name, "web-0", msg),
+            )
+            .unwrap();
+    }
+    // Counted: containerd's answer for Docker Hub without credentials.
+    let counted = r#"Failed to pull image "nginx:1.27": rpc error: code = Unknown desc = failed to pull and unpack image "docker.io/library/nginx:1.27": failed to resolve reference "docker.io/library/nginx:1.27": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed"#;
+    let started = std::time::Instant::now();
+    h.server
+        .create(
+            &Resource::EVENTS,
+            Some("a"),
+            kubelet_event("a", "e4", "web-1", counted),
+        )
+        .unwrap();
+    wait_for("pull failure on status", Duration::from_secs(2), || {
+        h.cps("company")
+            .and_then(|c| c.pointer("/status/pullFailureCount").cloned())
+            == Some(json!(1))
+    })
+    .await;
+    eprintln!("pull failure reached status in {:?}", started.elapsed());
+    let status = h.cps("company").unwrap()["status"].clone();
+    let f = &status["pullFailures"][0];
+    assert_eq!(
+        (f["namespace"].as_str(), f["pod"].as_str()),
+        (Some("a"), Some("web-1"))
+    );
+    assert_eq!(f["host"], "https://index.docker.io/v1/");
+    assert_eq!(
+        status["pullFailures"].as_array().unwrap().len(),
+        1,
+        "only the counted Event"
+    );
+    let events = h.server.list(&Resource::EVENTS_V1, Some("default"));
+    assert!(events.iter().any(|e| e["reason"] == "PullAuthFailed"));
+    assert!(
+        h.metrics
+            .encode()
+            .contains("regbridge_pull_auth_failures_total")
+    );
+    h.stop().await;
+}

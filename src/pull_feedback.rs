@@ -1,0 +1,173 @@
+//! Pull failures fed back to the resource: the kubelet's `Failed` pull
+//! Events, watched with a server-side field selector (never cached), are
+//! attributed by `pull_failures` to the resources whose Secret should have
+//! served the image. This module is the thin I/O around that decision.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Event as CoreEvent;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use tracing::debug;
+
+use crate::controller::Context;
+use crate::crd::{ClusterPullSecret, PullFailureStatus};
+use crate::pull_failures::{
+    PULL_FAILURES_CAP, PullEvent, PullFailureLog, RemintGate, ResourceView, attribute, event_time,
+};
+use crate::selection::Selection;
+
+/// The kubelet's "Failed to pull image" Events.
+pub const FIELD_SELECTOR: &str = "involvedObject.kind=Pod,type=Warning,reason=Failed";
+
+/// Per-resource pull failure logs, and the once-a-minute re-mint gate.
+#[derive(Default)]
+pub struct PullFeedback {
+    logs: Mutex<HashMap<String, PullFailureLog>>,
+    gate: Mutex<RemintGate>,
+}
+
+impl PullFeedback {
+    /// What status shows for a resource: the total and the newest entries.
+    pub fn status_of(&self, resource: &str) -> (u64, Vec<PullFailureStatus>) {
+        let logs = self.logs.lock().expect("pull log lock");
+        logs.get(resource)
+            .map(|log| {
+                (
+                    log.total,
+                    log.recent.iter().map(PullFailureStatus::from).collect(),
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn forget(&self, resource: &str) {
+        self.logs.lock().expect("pull log lock").remove(resource);
+    }
+}
+
+fn chrono_of(t: &k8s_openapi::jiff::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
+}
+
+/// Attributes one Event; returns the resources whose status changed.
+async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecret>> {
+    let namespace = ev.namespace().unwrap_or_default();
+    let pod = ev.involved_object.name.clone().unwrap_or_default();
+    let message = ev.message.clone().unwrap_or_default();
+    let time = event_time(
+        ev.last_timestamp.as_ref().and_then(|t| chrono_of(&t.0)),
+        ev.event_time.as_ref().and_then(|t| chrono_of(&t.0)),
+        ev.first_timestamp.as_ref().and_then(|t| chrono_of(&t.0)),
+        Utc::now(),
+    );
+    let ns_view = ctx.stores.namespaces.get("", &namespace);
+    let resources = ctx.stores.resources.state();
+    let keys: Vec<(String, bool, Vec<String>)> = resources
+        .iter()
+        .filter(|r| r.metadata.deletion_timestamp.is_none())
+        .map(|r| {
+            let selects = match (Selection::compile(&r.spec), &ns_view) {
+                (Ok(sel), Some(ns)) => sel.selects_namespace(ns),
+                _ => false,
+            };
+            let hosts = r
+                .status
+                .as_ref()
+                .map(|s| s.registries.iter().map(|h| h.host.clone()).collect())
+                .unwrap_or_default();
+            (r.name_any(), selects, hosts)
+        })
+        .collect();
+    let views: Vec<ResourceView<'_>> = keys
+        .iter()
+        .map(|(name, selects, hosts)| ResourceView {
+            name,
+            selects_namespace: *selects,
+            keys: hosts,
+        })
+        .collect();
+    let event = PullEvent {
+        namespace: &namespace,
+        pod: &pod,
+        message: &message,
+        time,
+    };
+    let attributions = match attribute(&event, &views) {
+        Ok(a) => a,
+        Err(why) => {
+            debug!(namespace, pod, ?why, "pull Event not counted");
+            return Vec::new();
+        }
+    };
+    let mut changed = Vec::new();
+    for a in attributions {
+        let recorded = ctx
+            .pull_feedback
+            .logs
+            .lock()
+            .expect("pull log lock")
+            .entry(a.resource.to_string())
+            .or_default()
+            .record(a.failure.clone(), PULL_FAILURES_CAP);
+        if !recorded {
+            continue;
+        }
+        ctx.metrics
+            .pull_auth_failures
+            .get_or_create(&crate::metrics::RegistryLabels {
+                resource: a.resource.to_string(),
+                registry: a.failure.host.clone(),
+            })
+            .inc();
+        let Some(cps) = resources.iter().find(|r| r.name_any() == a.resource) else {
+            continue;
+        };
+        ctx.publish(
+            cps,
+            EventType::Warning,
+            "PullAuthFailed",
+            format!(
+                "pod {}/{} could not pull {} from {}: {}",
+                a.failure.namespace, a.failure.pod, a.failure.image, a.failure.host, a.auth_reason
+            ),
+        )
+        .await;
+        let remint = ctx
+            .pull_feedback
+            .gate
+            .lock()
+            .expect("gate lock")
+            .try_trigger(a.resource, &a.failure.host, Utc::now());
+        if remint {
+            ctx.refresh_now(cps).await;
+        }
+        changed.push(ObjectRef::from_obj(&**cps));
+    }
+    changed
+}
+
+/// Attributes every pull-failure Event as it arrives; yields the resources
+/// to reconcile so their status shows it.
+pub fn feedback(
+    ctx: Arc<Context>,
+    events: impl Stream<Item = Result<watcher::Event<CoreEvent>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = ObjectRef<ClusterPullSecret>> + Send + 'static {
+    events
+        .filter_map(|e| async move {
+            match e {
+                Ok(watcher::Event::Apply(ev)) | Ok(watcher::Event::InitApply(ev)) => Some(ev),
+                _ => None,
+            }
+        })
+        .then(move |ev| {
+            let ctx = ctx.clone();
+            async move { handle(&ctx, &ev).await }
+        })
+        .flat_map(futures::stream::iter)
+}
