@@ -139,6 +139,9 @@ pub struct PullFailureStatus {
     /// The runtime's error, shortened and sanitised.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// The likeliest cause, such as a pod that does not reference the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<String>,
 }
 
 impl From<&crate::pull_failures::PullFailure> for PullFailureStatus {
@@ -151,6 +154,7 @@ impl From<&crate::pull_failures::PullFailure> for PullFailureStatus {
             time: crate::status::rfc3339(f.time),
             reason: f.reason.clone(),
             detail: f.detail.clone(),
+            diagnosis: f.diagnosis.clone(),
         }
     }
 }

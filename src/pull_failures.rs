@@ -649,6 +649,10 @@ pub struct PullFailure {
     /// The runtime's error, sanitised and truncated, for the log and the
     /// Event; status may show it.
     pub detail: String,
+    /// The likeliest cause, when the controller can tell (filled in by the
+    /// I/O layer, which can read the pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<String>,
 }
 
 /// A counted failure, attributed to one resource.
@@ -704,6 +708,7 @@ pub fn attribute<'r>(
                     time: event.time,
                     reason: reason.as_str().to_string(),
                     detail: sanitize(error, DETAIL_MAX),
+                    diagnosis: None,
                 },
             })
         })
@@ -1562,6 +1567,7 @@ mod tests {
             time: t(at),
             reason: Unauthorized.as_str().into(),
             detail: String::new(),
+            diagnosis: None,
         }
     }
 

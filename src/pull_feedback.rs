@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Event as CoreEvent;
-use kube::ResourceExt;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
 use tracing::debug;
 
 use crate::controller::Context;
@@ -106,7 +106,11 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
         }
     };
     let mut changed = Vec::new();
-    for a in attributions {
+    for mut a in attributions {
+        let Some(cps) = resources.iter().find(|r| r.name_any() == a.resource) else {
+            continue;
+        };
+        a.failure.diagnosis = diagnose(ctx, &namespace, &pod, &cps.secret_name()).await;
         let recorded = ctx
             .pull_feedback
             .logs
@@ -125,9 +129,6 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
                 registry: a.failure.host.clone(),
             })
             .inc();
-        let Some(cps) = resources.iter().find(|r| r.name_any() == a.resource) else {
-            continue;
-        };
         ctx.publish(
             cps,
             EventType::Warning,
@@ -150,6 +151,30 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
         changed.push(ObjectRef::from_obj(&**cps));
     }
     changed
+}
+
+/// The commonest cause of an auth failure is a pod that never got the
+/// Secret: its ServiceAccount is not selected, or the pod was admitted
+/// before the reference was added (pods copy it only at admission).
+async fn diagnose(ctx: &Context, namespace: &str, pod: &str, secret: &str) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = pods.get_opt(pod).await.ok().flatten()?;
+    let spec = found.spec?;
+    let references = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .any(|r| r.name == secret);
+    let account = spec
+        .service_account_name
+        .unwrap_or_else(|| "default".into());
+    Some(if references {
+        format!("the pod references Secret {secret}; the registry refused its credential")
+    } else {
+        format!(
+            "the pod does not reference Secret {secret}: its ServiceAccount {account} is not selected, or the pod was created before the reference was added (recreate it)"
+        )
+    })
 }
 
 /// Attributes every pull-failure Event as it arrives; yields the resources

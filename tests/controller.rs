@@ -614,6 +614,15 @@ async fn auth_failed_pull_on_a_served_host_shows_on_status() {
             )
             .unwrap();
     }
+    // The pod was admitted without the Secret.
+    h.server
+        .create(
+            &Resource::PODS,
+            Some("a"),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1", "namespace": "a"},
+                   "spec": {"serviceAccountName": "default", "containers": [{"name": "web", "image": "nginx:1.27"}]}}),
+        )
+        .unwrap();
     // Counted: containerd's answer for Docker Hub without credentials.
     let counted = r#"Failed to pull image "nginx:1.27": rpc error: code = Unknown desc = failed to pull and unpack image "docker.io/library/nginx:1.27": failed to resolve reference "docker.io/library/nginx:1.27": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed"#;
     let started = std::time::Instant::now();
@@ -638,6 +647,11 @@ async fn auth_failed_pull_on_a_served_host_shows_on_status() {
         (Some("a"), Some("web-1"))
     );
     assert_eq!(f["host"], "https://index.docker.io/v1/");
+    let diagnosis = f["diagnosis"].as_str().unwrap_or_default();
+    assert!(
+        diagnosis.contains("does not reference Secret regcred") && diagnosis.contains("default"),
+        "{diagnosis}"
+    );
     assert_eq!(
         status["pullFailures"].as_array().unwrap().len(),
         1,

@@ -421,6 +421,24 @@ async fn run_scenario() -> Vec<RequestRecord> {
     })
     .await;
 
+    // A kubelet's failed pull on a served registry: the controller reads the
+    // pod to diagnose it.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    server
+        .create(
+            &Resource::EVENTS,
+            Some("a"),
+            json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "pull-1", "namespace": "a"},
+                   "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": "web-1", "namespace": "a"},
+                   "reason": "Failed", "type": "Warning", "firstTimestamp": now, "lastTimestamp": now,
+                   "message": "Failed to pull image \"nginx:1.27\": 401 Unauthorized"}),
+        )
+        .unwrap();
+    wait_for("the pod of a failed pull is read", T, || {
+        has_request(&server, "GET", "/namespaces/a/pods/web-1")
+    })
+    .await;
+
     // The same Warning twice: the second time the Recorder patches the Event's series.
     let set_include = |include: Value| {
         let mut cps = server

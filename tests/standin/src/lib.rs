@@ -64,6 +64,7 @@ impl Resource {
     pub const SECRETS: Resource = Resource::core("secrets");
     pub const SERVICE_ACCOUNTS: Resource = Resource::core("serviceaccounts");
     pub const CONFIG_MAPS: Resource = Resource::core("configmaps");
+    pub const PODS: Resource = Resource::core("pods");
     pub const EVENTS: Resource = Resource::core("events");
     pub const EVENTS_V1: Resource = Resource::borrowed("events.k8s.io", "v1", "events");
     pub const LEASES: Resource = Resource::borrowed("coordination.k8s.io", "v1", "leases");

@@ -130,6 +130,9 @@ impl State {
             ("", "secrets", "Secret", true),
             ("", "serviceaccounts", "ServiceAccount", true),
             ("", "configmaps", "ConfigMap", true),
+            // Stored as given, without a pod's validation: the controller
+            // only reads pods, to diagnose failed pulls.
+            ("", "pods", "Pod", true),
             ("", "events", "Event", true),
             ("events.k8s.io", "events", "Event", true),
             ("coordination.k8s.io", "leases", "Lease", true),
