@@ -69,6 +69,35 @@ impl Entry {
         })
     }
 
+    /// The handshake client for this entry: the shared one, plus the
+    /// provider's own CA where it has one (Harbor's `caSecretRef`).
+    async fn verifier_for(
+        &self,
+        shared: &Verifier,
+        cluster: &dyn Cluster,
+    ) -> Result<Verifier, String> {
+        let CredentialSpec::Harbor(spec) = &self.spec else {
+            return Ok(shared.clone());
+        };
+        let Some(reference) = &spec.ca_secret_ref else {
+            return Ok(shared.clone());
+        };
+        let what = format!("CA Secret {}/{}", reference.namespace, reference.name);
+        let secret = cluster
+            .secret(reference)
+            .await
+            .map_err(|e| format!("{what}: {e}"))?
+            .ok_or_else(|| format!("{what} not found"))?;
+        let pem = secret
+            .data
+            .get("ca.crt")
+            .ok_or_else(|| format!("{what} has no `ca.crt` key"))?;
+        shared
+            .clone()
+            .with_ca(pem)
+            .map_err(|e| format!("{what}: {e}"))
+    }
+
     /// Verifies what changed since the last handshake; returns the first
     /// host the registry rejected, with its answer.
     async fn verify(
@@ -193,9 +222,20 @@ impl Credentials {
             };
             match result {
                 Ok(mut creds) => {
-                    if let Some(verifier) = options.verifier {
+                    if let Some(shared) = options.verifier {
+                        let verifier = match entry.verifier_for(shared, cluster).await {
+                            Ok(v) => v,
+                            Err(message) => {
+                                attempt.ok = false;
+                                entry.failures += 1;
+                                entry.invalid = true;
+                                entry.last_error = Some(message);
+                                attempts.push(attempt);
+                                continue;
+                            }
+                        };
                         let before: BTreeMap<String, Checked> = entry.verified.clone();
-                        let rejected = entry.verify(&creds, verifier, now).await;
+                        let rejected = entry.verify(&creds, &verifier, now).await;
                         attempt.verified = entry
                             .verified
                             .iter()
@@ -537,5 +577,39 @@ mod tests {
             "the new token arrived before the old one expired"
         );
         assert!(attempts <= 8, "{attempts} attempts");
+    }
+
+    #[tokio::test]
+    async fn a_harbor_ca_that_cannot_be_read_stops_the_entry_before_any_handshake() {
+        use regbridge_providers::spec::{HarborSpec, SecretRef};
+        let (mut c, _) = scripted(vec![Ok(vec![cred("minted", t0() + TimeDelta::hours(1))])]);
+        c.entries[0].spec = CredentialSpec::Harbor(HarborSpec {
+            ca_secret_ref: Some(SecretRef {
+                namespace: "regbridge".into(),
+                name: "harbor-ca".into(),
+            }),
+            ..Default::default()
+        });
+        let verifier = Verifier::default();
+        let options = RefreshOptions {
+            refresh_before: None,
+            verifier: Some(&verifier),
+            enforce: true,
+        };
+        let attempts = c.refresh_due(&NoCluster, t0(), &options, &mut || 0.0).await;
+        assert!(!attempts[0].ok);
+        let report = &c.reports(t0())[0];
+        assert!(report.invalid);
+        assert!(
+            report
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("CA Secret regbridge/harbor-ca")
+        );
+        assert!(
+            c.current(t0())[0].1.is_empty(),
+            "nothing unverified is served"
+        );
     }
 }
