@@ -861,20 +861,35 @@ where
 
 /// A watched type kept as compact views in an [`Index`].
 fn indexed<K, V>(
-    index: Index<V>,
-    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+    name: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+) -> (
+    Index<V>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
 where
-    K: kube::Resource + Send + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     V: Send + Sync + 'static,
     for<'a> V: From<&'a K>,
 {
-    stream.map(move |event| {
+    let index = Index::default();
+    let writer = index.clone();
+    let stream = watched(name, api, config, health, metrics).map(move |event| {
         if let Ok(e) = &event {
-            index.apply(e);
+            writer.apply(e);
         }
         event
-    })
+    });
+    (index, stream)
 }
 
 /// Each watch backs off on its own and its errors are already counted; kept
@@ -895,38 +910,26 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let resources: Api<ClusterPullSecret> = Api::all(client.clone());
-    let namespaces = Index::default();
-    let ns_stream = indexed(
-        namespaces.clone(),
-        watched(
-            "namespaces",
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-            &health,
-            &metrics,
-        ),
+    let (namespaces, ns_stream) = indexed(
+        "namespaces",
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        &health,
+        &metrics,
     );
-    let service_accounts = Index::default();
-    let sa_stream = indexed(
-        service_accounts.clone(),
-        watched(
-            "serviceaccounts",
-            Api::<ServiceAccount>::all(client.clone()),
-            watcher::Config::default(),
-            &health,
-            &metrics,
-        ),
+    let (service_accounts, sa_stream) = indexed(
+        "serviceaccounts",
+        Api::<ServiceAccount>::all(client.clone()),
+        watcher::Config::default(),
+        &health,
+        &metrics,
     );
-    let managed = Index::default();
-    let managed_stream = indexed(
-        managed.clone(),
-        watched(
-            "managed-secrets",
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default().labels(&managed_selector()),
-            &health,
-            &metrics,
-        ),
+    let (managed, managed_stream) = indexed(
+        "managed-secrets",
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels(&managed_selector()),
+        &health,
+        &metrics,
     );
     let (sources, sources_stream) = cached(
         "source-secrets",

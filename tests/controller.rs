@@ -11,29 +11,6 @@ use support::*;
 
 const T: Duration = Duration::from_secs(10);
 
-async fn with_dockerhub(spec: Value, namespaces: &[&str]) -> Harness {
-    let h = Harness::start_with(|s| {
-        s.create(
-            &Resource::SECRETS,
-            Some(CONTROLLER_NS),
-            dockerhub_secret("me", PASSWORD),
-        )
-        .unwrap();
-        for ns in namespaces {
-            namespace_with_default_sa(s, ns, json!({}));
-        }
-    })
-    .await;
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("company", spec),
-        )
-        .unwrap();
-    h
-}
-
 fn synced(h: &Harness, ns: &str) -> bool {
     h.secret(ns, "regcred").is_some()
         && h.pull_secrets(ns, "default")
@@ -166,7 +143,7 @@ async fn source_change_propagates_without_recreating() {
 #[tokio::test]
 async fn foreign_secret_is_never_touched_and_reported_as_conflict() {
     let h = Harness::start_with(|s| {
-        s.create(&Resource::SECRETS, Some(CONTROLLER_NS), dockerhub_secret("me", PASSWORD)).unwrap();
+        seed_dockerhub(s);
         namespace_with_default_sa(s, "mine", json!({}));
         namespace_with_default_sa(s, "theirs", json!({}));
         s.create(
@@ -217,12 +194,7 @@ async fn foreign_secret_is_never_touched_and_reported_as_conflict() {
 #[tokio::test]
 async fn concurrent_sa_writer_loses_no_entries() {
     let h = Harness::start_with(|s| {
-        s.create(
-            &Resource::SECRETS,
-            Some(CONTROLLER_NS),
-            dockerhub_secret("me", PASSWORD),
-        )
-        .unwrap();
+        seed_dockerhub(s);
         namespace(s, "busy", json!({}));
         service_account(s, "busy", "default", &["first"]);
     })
@@ -324,12 +296,7 @@ async fn watches_recover_from_410_gone() {
 #[tokio::test]
 async fn terminating_namespace_is_skipped() {
     let h = Harness::start_with(|s| {
-        s.create(
-            &Resource::SECRETS,
-            Some(CONTROLLER_NS),
-            dockerhub_secret("me", PASSWORD),
-        )
-        .unwrap();
+        seed_dockerhub(s);
         namespace_with_default_sa(s, "dying", json!({}));
         s.terminate_namespace("dying").unwrap();
         namespace_with_default_sa(s, "alive", json!({}));
@@ -366,12 +333,7 @@ async fn deselected_namespace_loses_secret_and_only_our_reference() {
     let mut spec = dockerhub_spec();
     spec["namespaces"] = json!({"selector": {"matchLabels": {"pull": "yes"}}});
     let h = Harness::start_with(|s| {
-        s.create(
-            &Resource::SECRETS,
-            Some(CONTROLLER_NS),
-            dockerhub_secret("me", PASSWORD),
-        )
-        .unwrap();
+        seed_dockerhub(s);
         namespace(s, "a", json!({"pull": "yes"}));
         service_account(s, "a", "default", &["keep-me"]);
     })
@@ -397,12 +359,7 @@ async fn deselected_namespace_loses_secret_and_only_our_reference() {
 #[tokio::test]
 async fn deleting_the_resource_removes_everything_it_added() {
     let h = Harness::start_with(|s| {
-        s.create(
-            &Resource::SECRETS,
-            Some(CONTROLLER_NS),
-            dockerhub_secret("me", PASSWORD),
-        )
-        .unwrap();
+        seed_dockerhub(s);
         namespace(s, "a", json!({}));
         service_account(s, "a", "default", &["keep-me"]);
         service_account(s, "a", "builder", &[]);

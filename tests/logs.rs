@@ -36,23 +36,7 @@ async fn credentials_never_reach_the_logs() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let rotated = "rotated-secret-never-logged";
-    let h = Harness::start_with(|s| {
-        s.create(
-            &Resource::SECRETS,
-            Some(CONTROLLER_NS),
-            dockerhub_secret("me", PASSWORD),
-        )
-        .unwrap();
-        namespace_with_default_sa(s, "a", json!({}));
-    })
-    .await;
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("company", dockerhub_spec()),
-        )
-        .unwrap();
+    let h = with_dockerhub(dockerhub_spec(), &["a"]).await;
     let t = Duration::from_secs(10);
     wait_for("distributed", t, || h.secret("a", "regcred").is_some()).await;
     h.server

@@ -161,6 +161,37 @@ pub fn service_account(server: &StandIn, ns: &str, name: &str, pull_secrets: &[&
         .expect("service account");
 }
 
+/// Seeds the Docker Hub source Secret.
+pub fn seed_dockerhub(server: &StandIn) {
+    server
+        .create(
+            &Resource::SECRETS,
+            Some(CONTROLLER_NS),
+            dockerhub_secret("me", PASSWORD),
+        )
+        .expect("source Secret");
+}
+
+/// A running controller with the Docker Hub source, `namespaces` (each with
+/// a default SA), and the resource `company` with `spec` created.
+pub async fn with_dockerhub(spec: Value, namespaces: &[&str]) -> Harness {
+    let h = Harness::start_with(|s| {
+        seed_dockerhub(s);
+        for ns in namespaces {
+            namespace_with_default_sa(s, ns, json!({}));
+        }
+    })
+    .await;
+    h.server
+        .create(
+            &Resource::CLUSTER_PULL_SECRETS,
+            None,
+            cluster_pull_secret("company", spec),
+        )
+        .unwrap();
+    h
+}
+
 /// The Docker Hub account in the controller's namespace.
 pub fn dockerhub_secret(user: &str, password: &str) -> Value {
     json!({
