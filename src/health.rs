@@ -147,6 +147,41 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn probes_and_metrics_are_served_over_http() {
+        let health = Arc::new(Health::default());
+        let metrics = Arc::new(Metrics::default());
+        metrics.write("secrets", "create", true);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(health.clone(), metrics);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let unready = get(addr, "/readyz").await;
+        assert!(unready.starts_with("HTTP/1.1 503"), "{unready}");
+        health.register("namespaces");
+        health.watch_synced("namespaces");
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let scraped = get(addr, "/metrics").await;
+        assert!(
+            scraped.contains(
+                r#"regbridge_api_writes_total{kind="secrets",verb="create",result="ok"} 1"#
+            ),
+            "{scraped}"
+        );
+        assert!(scraped.contains("application/openmetrics-text"));
+    }
 
     #[test]
     fn not_ready_until_every_registered_watch_synced() {

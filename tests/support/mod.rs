@@ -87,7 +87,11 @@ impl Harness {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            let stopped = tokio::time::timeout(Duration::from_secs(5), t).await;
+            assert!(
+                stopped.is_ok(),
+                "the controller shuts down within 5 s when asked"
+            );
         }
     }
 
