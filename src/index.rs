@@ -227,6 +227,11 @@ impl<V> Index<V> {
             .collect()
     }
 
+    /// Whether the first list has been read in full.
+    pub fn is_synced(&self) -> bool {
+        self.state.read().expect("index lock").synced
+    }
+
     pub fn len(&self) -> usize {
         self.state.read().expect("index lock").map.len()
     }

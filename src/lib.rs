@@ -1,5 +1,6 @@
 //! regbridge: keeps registry pull credentials fresh and distributes them to
 //! the namespaces and ServiceAccounts that need them.
+pub mod admission;
 pub mod apply_plan;
 pub mod cli;
 pub mod cluster_access;

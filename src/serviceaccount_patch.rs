@@ -87,27 +87,61 @@ fn set_annotation(sa: &ServiceAccountView, names: &[&str]) -> PatchOperation {
 /// Appends `secret` to the list, keeping every other entry in order. `None`
 /// when it is already there, whoever put it there.
 pub fn add_reference(sa: &ServiceAccountView, secret: &str) -> Option<Patch> {
-    if references_secret(sa, secret) {
+    let additions = add_references(sa, &[secret])?;
+    let mut ops = guards(sa);
+    ops.extend(additions);
+    Some(Patch(ops))
+}
+
+/// The operations that append each of `secrets` the list lacks, in order and
+/// without duplicates, and record them in the annotation; no `test` guards.
+/// The admission webhook uses these as they are: its patch applies to the
+/// very object in the request, so nothing can change in between. `None`
+/// when the list already holds every one of them.
+pub fn add_references(sa: &ServiceAccountView, secrets: &[&str]) -> Option<Vec<PatchOperation>> {
+    let mut missing: Vec<&str> = Vec::new();
+    for &secret in secrets {
+        if !references_secret(sa, secret) && !missing.contains(&secret) {
+            missing.push(secret);
+        }
+    }
+    if missing.is_empty() {
         return None;
     }
-    let mut ops = guards(sa);
-    ops.push(match &sa.pull_secrets {
-        // Appending with `/-` to an absent list fails, so create it whole.
-        None => PatchOperation::Add(AddOperation {
-            path: pointer(&["imagePullSecrets"]),
-            value: json!([{ "name": secret }]),
-        }),
-        Some(_) => PatchOperation::Add(AddOperation {
-            path: pointer(&["imagePullSecrets", "-"]),
-            value: json!({ "name": secret }),
-        }),
-    });
+    let mut ops = append_to_list(&["imagePullSecrets"], sa.pull_secrets.is_some(), &missing);
     let mut added = added_by_us(sa);
-    if !added.contains(&secret) {
-        added.push(secret);
+    let before = added.len();
+    for &secret in &missing {
+        if !added.contains(&secret) {
+            added.push(secret);
+        }
+    }
+    if added.len() != before {
         ops.push(set_annotation(sa, &added));
     }
-    Some(Patch(ops))
+    Some(ops)
+}
+
+/// Appends `names` to the `{name: ...}` list at `path`. Appending with `/-`
+/// to an absent list fails, so an absent list is created whole.
+pub fn append_to_list(path: &[&str], present: bool, names: &[&str]) -> Vec<PatchOperation> {
+    if !present {
+        return vec![PatchOperation::Add(AddOperation {
+            path: pointer(path),
+            value: names.iter().map(|n| json!({ "name": n })).collect(),
+        })];
+    }
+    let mut end = path.to_vec();
+    end.push("-");
+    names
+        .iter()
+        .map(|n| {
+            PatchOperation::Add(AddOperation {
+                path: pointer(&end),
+                value: json!({ "name": n }),
+            })
+        })
+        .collect()
 }
 
 /// Removes the reference regbridge added. `None` when regbridge did not add
