@@ -61,6 +61,29 @@ pub struct RunArgs {
     /// hostname.
     #[arg(long, env = "REGBRIDGE_INSTANCE")]
     pub instance: Option<String>,
+    /// Serve the mutating admission webhook (on every replica, leader or
+    /// not). `--webhook=false` turns it off.
+    #[arg(long, env = "REGBRIDGE_WEBHOOK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhook: bool,
+    /// Address serving the admission webhook over HTTPS.
+    #[arg(long, env = "REGBRIDGE_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    pub webhook_addr: SocketAddr,
+    /// The Service in front of the webhook (in --namespace); its DNS names
+    /// go into the self-managed serving certificate.
+    #[arg(
+        long,
+        env = "REGBRIDGE_WEBHOOK_SERVICE",
+        default_value = "regbridge-webhook"
+    )]
+    pub webhook_service: String,
+    /// More names or IP addresses for the serving certificate, e.g. the
+    /// host of a `url` webhook configuration. Comma-separated in the env.
+    #[arg(long, env = "REGBRIDGE_WEBHOOK_CERT_NAMES", value_delimiter = ',')]
+    pub webhook_cert_names: Vec<String>,
+    /// Serve `tls.crt` and `tls.key` from this directory (cert-manager)
+    /// instead of keeping a self-signed certificate in a Secret.
+    #[arg(long, env = "REGBRIDGE_WEBHOOK_TLS_DIR")]
+    pub webhook_tls_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,6 +124,15 @@ mod tests {
         assert_eq!(args.namespace, "regbridge");
         assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:8080");
         assert!(args.leader_election);
+        assert!(args.webhook);
+        assert_eq!(args.webhook_addr.to_string(), "0.0.0.0:9443");
+        assert_eq!(args.webhook_service, "regbridge-webhook");
+        assert!(args.webhook_tls_dir.is_none());
+        let cli = Cli::try_parse_from(["regbridge", "run", "--webhook=false"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert!(!args.webhook);
         let cli = Cli::try_parse_from(["regbridge", "run", "--leader-election", "false"]).unwrap();
         let Command::Run(args) = cli.command else {
             panic!("not run")

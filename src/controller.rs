@@ -792,7 +792,7 @@ pub fn error_policy(cps: Arc<ClusterPullSecret>, error: &Error, ctx: Arc<Context
 /// A watch whose progress and errors feed readiness and metrics, and which
 /// backs off and recovers on its own (410 Gone included: the watcher
 /// relists).
-fn watched<K>(
+pub(crate) fn watched<K>(
     name: &'static str,
     api: Api<K>,
     config: watcher::Config,
@@ -834,7 +834,7 @@ where
 
 /// A watched type kept whole in a reflector store (small sets only: the
 /// resources themselves and the controller namespace's Secrets).
-fn cached<K>(
+pub(crate) fn cached<K>(
     name: &'static str,
     api: Api<K>,
     health: &Arc<Health>,
@@ -860,7 +860,7 @@ where
 }
 
 /// A watched type kept as compact views in an [`Index`].
-fn indexed<K, V>(
+pub(crate) fn indexed<K, V>(
     name: &'static str,
     api: Api<K>,
     config: watcher::Config,

@@ -24,3 +24,5 @@ pub mod selection;
 pub mod serviceaccount_patch;
 pub mod status;
 pub mod telemetry;
+pub mod webhook;
+pub mod webhook_tls;

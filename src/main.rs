@@ -7,6 +7,7 @@ use regbridge::cli::{Cli, Command, RunArgs};
 use regbridge::controller::{self, Config};
 use regbridge::health::{self, Health};
 use regbridge::metrics::Metrics;
+use regbridge::webhook::{self, WebhookConfig};
 use regbridge::{crd, leader, mint, telemetry};
 use regbridge_providers::Verifier;
 use tracing::info;
@@ -75,6 +76,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         health.clone(),
         metrics.clone(),
     ));
+    let webhook = args.webhook.then(|| {
+        let run = webhook::run(
+            client.clone(),
+            WebhookConfig {
+                addr: args.webhook_addr,
+                namespace: args.namespace.clone(),
+                service: args.webhook_service.clone(),
+                extra_names: args.webhook_cert_names.clone(),
+                tls_dir: args.webhook_tls_dir.clone(),
+            },
+            health.clone(),
+            metrics.clone(),
+            shutdown_signal(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = run.await {
+                tracing::error!(error = %format!("{e:#}"), "the admission webhook stopped");
+            }
+        })
+    });
     let config = Config {
         namespace: args.namespace.clone(),
         write_concurrency: args.write_concurrency,
@@ -99,6 +120,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         work().await;
     }
     server.abort();
+    if let Some(w) = webhook {
+        w.abort();
+    }
     info!("stopped");
     Ok(())
 }

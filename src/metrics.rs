@@ -69,6 +69,14 @@ pub struct RefreshLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `serviceaccount`, `pod` or `other`.
+    pub kind: &'static str,
+    /// `patched`, `unchanged` or `skipped`.
+    pub result: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -87,6 +95,8 @@ pub struct Metrics {
     pub refresh_duration: HistogramFamily<RefreshLabels>,
     pub verifications: Family<VerificationLabels, Counter>,
     pub pull_auth_failures: Family<RegistryLabels, Counter>,
+    pub admissions: Family<AdmissionLabels, Counter>,
+    pub admission_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -153,6 +163,18 @@ impl Default for Metrics {
             "Image pulls that failed to authenticate against a registry this resource serves",
             pull_auth_failures.clone(),
         );
+        let admissions = Family::default();
+        registry.register(
+            "admissions",
+            "Admission webhook requests by kind and result (patched, unchanged, skipped)",
+            admissions.clone(),
+        );
+        let admission_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "admission_duration_seconds",
+            "Time the admission webhook took to answer one request",
+            admission_duration.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -165,6 +187,8 @@ impl Default for Metrics {
             refresh_duration,
             verifications,
             pull_auth_failures,
+            admissions,
+            admission_duration,
         }
     }
 }

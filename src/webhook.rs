@@ -1,0 +1,326 @@
+//! The mutating admission webhook's server. Every replica serves it, leader
+//! or not, from its own small caches (the `ClusterPullSecret`s and a compact
+//! namespace index); the decisions themselves are in [`crate::admission`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use futures::StreamExt;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::Api;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tracing::{debug, info, warn};
+
+use crate::admission::{self, Kind, Target};
+use crate::crd::ClusterPullSecret;
+use crate::health::Health;
+use crate::index::{Index, NamespaceView};
+use crate::metrics::{AdmissionLabels, Metrics};
+use crate::webhook_tls::{self, CertResolver};
+
+/// The path the `MutatingWebhookConfiguration` posts to.
+pub const PATH: &str = "/mutate";
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a mounted certificate (cert-manager) is read again.
+const RELOAD_MOUNTED_EVERY: Duration = Duration::from_secs(300);
+/// How soon a failed certificate step is retried.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// What the handler reads: the caches and whether they have synced.
+pub struct Webhook {
+    resources: Store<ClusterPullSecret>,
+    namespaces: Index<NamespaceView>,
+    resources_synced: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Webhook {
+    pub fn new(
+        resources: Store<ClusterPullSecret>,
+        namespaces: Index<NamespaceView>,
+        resources_synced: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            resources,
+            namespaces,
+            resources_synced,
+            metrics,
+        }
+    }
+
+    pub fn synced(&self) -> bool {
+        self.resources_synced.load(Ordering::SeqCst) && self.namespaces.is_synced()
+    }
+
+    /// Answers one AdmissionReview body; always an AdmissionReview.
+    pub fn review(&self, body: &[u8]) -> AdmissionReview<DynamicObject> {
+        let started = Instant::now();
+        let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "unreadable AdmissionReview");
+                return AdmissionResponse::invalid(e).into_review();
+            }
+        };
+        let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+            Ok(r) => r,
+            Err(e) => return AdmissionResponse::invalid(e).into_review(),
+        };
+        let targets: Vec<Target> = self
+            .resources
+            .state()
+            .iter()
+            .filter_map(|r| Target::compile(r))
+            .collect();
+        let namespace = req
+            .namespace
+            .as_deref()
+            .and_then(|ns| self.namespaces.get("", ns));
+        let decision = admission::decide(&req, &targets, namespace.as_deref(), self.synced());
+        let kind = Kind::of(&req);
+        debug!(
+            namespace = req.namespace.as_deref().unwrap_or(""),
+            name = %req.name,
+            kind = kind.as_str(),
+            result = decision.result(),
+            "admission"
+        );
+        let out = admission::respond(&req, &decision).into_review();
+        self.metrics
+            .admissions
+            .get_or_create(&AdmissionLabels {
+                kind: kind.as_str(),
+                result: decision.result(),
+            })
+            .inc();
+        self.metrics
+            .admission_duration
+            .observe(started.elapsed().as_secs_f64());
+        out
+    }
+}
+
+pub fn router(webhook: Arc<Webhook>) -> Router {
+    Router::new().route(PATH, post(mutate)).with_state(webhook)
+}
+
+async fn mutate(State(webhook): State<Arc<Webhook>>, body: Bytes) -> impl IntoResponse {
+    match serde_json::to_vec(&webhook.review(&body)) {
+        Ok(json) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            json,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            e.to_string().into_bytes(),
+        ),
+    }
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "webhook accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "webhook TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "webhook TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(app);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "webhook connection ended");
+            }
+        });
+    }
+}
+
+/// How `regbridge run` serves the webhook.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    pub addr: SocketAddr,
+    /// The controller's namespace, where the certificate Secret lives.
+    pub namespace: String,
+    /// The Service in front of the webhook, for the certificate's names.
+    pub service: String,
+    /// More names (or IP addresses) for the certificate: a `url` host.
+    pub extra_names: Vec<String>,
+    /// A mounted `tls.crt`/`tls.key` (cert-manager) instead of the
+    /// self-managed Secret.
+    pub tls_dir: Option<PathBuf>,
+}
+
+fn read_mounted(dir: &std::path::Path) -> std::io::Result<(String, String)> {
+    Ok((
+        std::fs::read_to_string(dir.join("tls.crt"))?,
+        std::fs::read_to_string(dir.join("tls.key"))?,
+    ))
+}
+
+/// Keeps `resolver` current: the mounted files, or the shared Secret (and
+/// the configuration's `caBundle`) renewed before expiry.
+async fn keep_certificate(client: Client, config: WebhookConfig, resolver: Arc<CertResolver>) {
+    loop {
+        let wait = match &config.tls_dir {
+            Some(dir) => {
+                match read_mounted(dir)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(c, k)| resolver.set(&c, &k).map_err(|e| e.to_string()))
+                {
+                    Ok(()) => RELOAD_MOUNTED_EVERY,
+                    Err(e) => {
+                        warn!(dir = %dir.display(), error = %e, "reading the mounted webhook certificate");
+                        RETRY_AFTER
+                    }
+                }
+            }
+            None => match refresh_managed(&client, &config, &resolver).await {
+                Ok(wait) => wait,
+                Err(e) => {
+                    warn!(error = %e, "keeping the webhook certificate");
+                    RETRY_AFTER
+                }
+            },
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn refresh_managed(
+    client: &Client,
+    config: &WebhookConfig,
+    resolver: &CertResolver,
+) -> Result<Duration, webhook_tls::TlsError> {
+    let names = webhook_tls::dns_names(&config.service, &config.namespace, &config.extra_names);
+    let now = chrono::Utc::now();
+    let bundle = webhook_tls::ensure(client, &config.namespace, &names, now).await?;
+    resolver.set(&bundle.cert_pem, &bundle.key_pem)?;
+    if let Err(e) = webhook_tls::publish_ca_bundle(client, &bundle.ca_pem).await {
+        warn!(error = %e, configuration = webhook_tls::WEBHOOK_CONFIGURATION, "updating the webhook caBundle");
+        return Ok(RETRY_AFTER);
+    }
+    Ok(bundle.renewal_in(now))
+}
+
+/// The first certificate, retried until there is one (or shutdown).
+async fn first_certificate(
+    client: &Client,
+    config: &WebhookConfig,
+) -> Result<CertResolver, webhook_tls::TlsError> {
+    if let Some(dir) = &config.tls_dir {
+        let (c, k) = read_mounted(dir)
+            .map_err(|e| webhook_tls::TlsError::Unusable(format!("{}: {e}", dir.display())))?;
+        return CertResolver::new(&c, &k);
+    }
+    let names = webhook_tls::dns_names(&config.service, &config.namespace, &config.extra_names);
+    let bundle = webhook_tls::ensure(client, &config.namespace, &names, chrono::Utc::now()).await?;
+    CertResolver::new(&bundle.cert_pem, &bundle.key_pem)
+}
+
+/// Runs the webhook until `shutdown`: its caches, its certificate and its
+/// server. Errors only when it cannot start (no certificate, no port).
+pub async fn run(
+    client: Client,
+    config: WebhookConfig,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let resolver = loop {
+        match first_certificate(&client, &config).await {
+            Ok(r) => break Arc::new(r),
+            Err(e) => {
+                warn!(error = %e, "no webhook certificate yet; retrying");
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+        }
+    };
+    let tls = Arc::new(resolver.server_config()?);
+    let (resources, resources_stream) = crate::controller::cached(
+        "webhook-clusterpullsecrets",
+        Api::<ClusterPullSecret>::all(client.clone()),
+        &health,
+        &metrics,
+    );
+    let (namespaces, namespaces_stream) = crate::controller::indexed::<Namespace, NamespaceView>(
+        "webhook-namespaces",
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        &health,
+        &metrics,
+    );
+    let resources_synced = Arc::new(AtomicBool::new(false));
+    let flag = resources_synced.clone();
+    let resources_stream = resources_stream.map(move |e| {
+        if let Ok(watcher::Event::InitDone) = &e {
+            flag.store(true, Ordering::SeqCst);
+        }
+        e
+    });
+    let caches = tokio::spawn(async move {
+        let a = resources_stream.for_each(|_| async {});
+        let b = namespaces_stream.for_each(|_| async {});
+        tokio::join!(a, b);
+    });
+    let certificates = tokio::spawn(keep_certificate(client, config.clone(), resolver));
+    let webhook = Arc::new(Webhook::new(
+        resources,
+        namespaces,
+        resources_synced,
+        metrics,
+    ));
+    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+    info!(addr = %config.addr, "serving the admission webhook");
+    serve(listener, tls, router(webhook), shutdown).await;
+    caches.abort();
+    certificates.abort();
+    Ok(())
+}
