@@ -29,6 +29,8 @@ pub enum LogFormat {
     Text,
 }
 
+// Parsed once per process; boxing the run arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller (in-cluster config, or KUBECONFIG outside a cluster).
@@ -76,6 +78,22 @@ pub struct RunArgs {
         default_value = "regbridge-webhook"
     )]
     pub webhook_service: String,
+    /// The Secret (in --namespace) holding the self-managed webhook
+    /// certificate, shared by every replica.
+    #[arg(
+        long,
+        env = "REGBRIDGE_WEBHOOK_SECRET",
+        default_value = "regbridge-webhook-tls"
+    )]
+    pub webhook_secret: String,
+    /// The MutatingWebhookConfiguration whose caBundle regbridge keeps
+    /// current (skipped with a warning when it does not exist).
+    #[arg(
+        long,
+        env = "REGBRIDGE_WEBHOOK_CONFIGURATION",
+        default_value = "regbridge"
+    )]
+    pub webhook_configuration: String,
     /// More names or IP addresses for the serving certificate, e.g. the
     /// host of a `url` webhook configuration. Comma-separated in the env.
     #[arg(long, env = "REGBRIDGE_WEBHOOK_CERT_NAMES", value_delimiter = ',')]

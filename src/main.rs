@@ -83,6 +83,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 addr: args.webhook_addr,
                 namespace: args.namespace.clone(),
                 service: args.webhook_service.clone(),
+                secret: args.webhook_secret.clone(),
+                configuration: args.webhook_configuration.clone(),
                 extra_names: args.webhook_cert_names.clone(),
                 tls_dir: args.webhook_tls_dir.clone(),
             },

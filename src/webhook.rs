@@ -191,6 +191,10 @@ pub struct WebhookConfig {
     pub namespace: String,
     /// The Service in front of the webhook, for the certificate's names.
     pub service: String,
+    /// The Secret holding the self-managed certificate.
+    pub secret: String,
+    /// The `MutatingWebhookConfiguration` whose `caBundle` to keep.
+    pub configuration: String,
     /// More names (or IP addresses) for the certificate: a `url` host.
     pub extra_names: Vec<String>,
     /// A mounted `tls.crt`/`tls.key` (cert-manager) instead of the
@@ -241,10 +245,13 @@ async fn refresh_managed(
 ) -> Result<Duration, webhook_tls::TlsError> {
     let names = webhook_tls::dns_names(&config.service, &config.namespace, &config.extra_names);
     let now = chrono::Utc::now();
-    let bundle = webhook_tls::ensure(client, &config.namespace, &names, now).await?;
+    let bundle =
+        webhook_tls::ensure(client, &config.namespace, &config.secret, &names, now).await?;
     resolver.set(&bundle.cert_pem, &bundle.key_pem)?;
-    if let Err(e) = webhook_tls::publish_ca_bundle(client, &bundle.ca_pem).await {
-        warn!(error = %e, configuration = webhook_tls::WEBHOOK_CONFIGURATION, "updating the webhook caBundle");
+    if let Err(e) =
+        webhook_tls::publish_ca_bundle(client, &config.configuration, &bundle.ca_pem).await
+    {
+        warn!(error = %e, configuration = %config.configuration, "updating the webhook caBundle");
         return Ok(RETRY_AFTER);
     }
     Ok(bundle.renewal_in(now))
@@ -261,7 +268,14 @@ async fn first_certificate(
         return CertResolver::new(&c, &k);
     }
     let names = webhook_tls::dns_names(&config.service, &config.namespace, &config.extra_names);
-    let bundle = webhook_tls::ensure(client, &config.namespace, &names, chrono::Utc::now()).await?;
+    let bundle = webhook_tls::ensure(
+        client,
+        &config.namespace,
+        &config.secret,
+        &names,
+        chrono::Utc::now(),
+    )
+    .await?;
     CertResolver::new(&bundle.cert_pem, &bundle.key_pem)
 }
 

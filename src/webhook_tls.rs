@@ -25,9 +25,11 @@ use tracing::{info, warn};
 
 use crate::labels::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_VALUE};
 
-/// The Secret holding the CA and serving certificate.
+/// The Secret holding the CA and serving certificate (default of
+/// `--webhook-secret`).
 pub const TLS_SECRET: &str = "regbridge-webhook-tls";
-/// The `MutatingWebhookConfiguration` whose `caBundle` regbridge keeps.
+/// The `MutatingWebhookConfiguration` whose `caBundle` regbridge keeps
+/// (default of `--webhook-configuration`).
 pub const WEBHOOK_CONFIGURATION: &str = "regbridge";
 /// When the certificates expire, RFC 3339, on the Secret.
 pub const NOT_AFTER_ANNOTATION: &str = "regbridge.dev/not-after";
@@ -150,11 +152,11 @@ pub fn generate(
     })
 }
 
-fn secret_object(namespace: &str, bundle: &CertBundle) -> Secret {
+fn secret_object(namespace: &str, name: &str, bundle: &CertBundle) -> Secret {
     let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
     Secret {
         metadata: ObjectMeta {
-            name: Some(TLS_SECRET.into()),
+            name: Some(name.into()),
             namespace: Some(namespace.into()),
             labels: Some([(MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned())].into()),
             annotations: Some(
@@ -182,6 +184,7 @@ fn secret_object(namespace: &str, bundle: &CertBundle) -> Secret {
 /// The bundle a Secret holds. A Secret without a readable expiry counts as
 /// expired, so it gets replaced.
 fn bundle_of(namespace: &str, secret: &Secret) -> Result<CertBundle, TlsError> {
+    let name = secret.name_any();
     let get = |key: &'static str| {
         secret
             .data
@@ -190,7 +193,7 @@ fn bundle_of(namespace: &str, secret: &Secret) -> Result<CertBundle, TlsError> {
             .map(|b| String::from_utf8_lossy(&b.0).into_owned())
             .ok_or_else(|| TlsError::Incomplete {
                 namespace: namespace.into(),
-                name: TLS_SECRET.into(),
+                name: name.clone(),
                 key,
             })
     };
@@ -213,30 +216,30 @@ fn bundle_of(namespace: &str, secret: &Secret) -> Result<CertBundle, TlsError> {
 pub async fn ensure(
     client: &Client,
     namespace: &str,
+    secret: &str,
     names: &[String],
     now: DateTime<Utc>,
 ) -> Result<CertBundle, TlsError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let err = |source| TlsError::Api {
         namespace: namespace.into(),
-        name: TLS_SECRET.into(),
+        name: secret.into(),
         source,
     };
     // Two rounds: a lost race (409) means another replica just wrote it.
     for _ in 0..3 {
-        match api.get_opt(TLS_SECRET).await.map_err(err)? {
+        match api.get_opt(secret).await.map_err(err)? {
             None => {
                 let bundle = generate(names, now, Duration::days(VALIDITY_DAYS))?;
                 match api
-                    .create(&PostParams::default(), &secret_object(namespace, &bundle))
+                    .create(
+                        &PostParams::default(),
+                        &secret_object(namespace, secret, &bundle),
+                    )
                     .await
                 {
                     Ok(_) => {
-                        info!(
-                            namespace,
-                            secret = TLS_SECRET,
-                            "created the webhook certificate"
-                        );
+                        info!(namespace, secret, "created the webhook certificate");
                         return Ok(bundle);
                     }
                     Err(kube::Error::Api(e)) if e.code == 409 => continue,
@@ -251,11 +254,11 @@ pub async fn ensure(
                     return current;
                 }
                 let bundle = generate(names, now, Duration::days(VALIDITY_DAYS))?;
-                let mut next = secret_object(namespace, &bundle);
+                let mut next = secret_object(namespace, secret, &bundle);
                 next.metadata.resource_version = existing.resource_version();
-                match api.replace(TLS_SECRET, &PostParams::default(), &next).await {
+                match api.replace(secret, &PostParams::default(), &next).await {
                     Ok(_) => {
-                        info!(namespace, secret = TLS_SECRET, not_after = %bundle.not_after, "renewed the webhook certificate");
+                        info!(namespace, secret, not_after = %bundle.not_after, "renewed the webhook certificate");
                         return Ok(bundle);
                     }
                     Err(kube::Error::Api(e)) if e.code == 409 => continue,
@@ -265,7 +268,7 @@ pub async fn ensure(
         }
     }
     // Still racing: serve whatever is there now.
-    let existing = api.get(TLS_SECRET).await.map_err(err)?;
+    let existing = api.get(secret).await.map_err(err)?;
     bundle_of(namespace, &existing)
 }
 
@@ -273,11 +276,15 @@ pub async fn ensure(
 /// one JSON merge patch guarded by its resourceVersion. A missing
 /// configuration (`--webhook` served without the chart's object) is logged
 /// and skipped.
-pub async fn publish_ca_bundle(client: &Client, ca_pem: &str) -> Result<(), kube::Error> {
+pub async fn publish_ca_bundle(
+    client: &Client,
+    configuration: &str,
+    ca_pem: &str,
+) -> Result<(), kube::Error> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let Some(config) = api.get_opt(WEBHOOK_CONFIGURATION).await? else {
+    let Some(config) = api.get_opt(configuration).await? else {
         warn!(
-            configuration = WEBHOOK_CONFIGURATION,
+            configuration,
             "no MutatingWebhookConfiguration to put the CA into; skipping"
         );
         return Ok(());
@@ -300,7 +307,7 @@ pub async fn publish_ca_bundle(client: &Client, ca_pem: &str) -> Result<(), kube
         "webhooks": webhooks,
     });
     api.patch(
-        WEBHOOK_CONFIGURATION,
+        configuration,
         &PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
@@ -308,10 +315,7 @@ pub async fn publish_ca_bundle(client: &Client, ca_pem: &str) -> Result<(), kube
         &Patch::Merge(&patch),
     )
     .await?;
-    info!(
-        configuration = WEBHOOK_CONFIGURATION,
-        "updated the webhook caBundle"
-    );
+    info!(configuration, "updated the webhook caBundle");
     Ok(())
 }
 
@@ -394,7 +398,7 @@ mod tests {
     #[test]
     fn a_secret_without_an_expiry_is_renewed() {
         let b = generate(&["x".into()], Utc::now(), Duration::days(2)).unwrap();
-        let mut s = secret_object("ns", &b);
+        let mut s = secret_object("ns", "tls", &b);
         s.metadata.annotations = None;
         assert!(bundle_of("ns", &s).unwrap().needs_renewal(Utc::now()));
     }

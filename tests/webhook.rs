@@ -41,8 +41,8 @@ async fn two_replicas_end_up_with_the_same_certificate_secret() {
     let now = Utc::now();
     let names = names();
     let (a, b) = tokio::join!(
-        webhook_tls::ensure(&client, NS, &names, now),
-        webhook_tls::ensure(&client, NS, &names, now),
+        webhook_tls::ensure(&client, NS, TLS_SECRET, &names, now),
+        webhook_tls::ensure(&client, NS, TLS_SECRET, &names, now),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a, b, "both replicas serve the same certificate");
@@ -51,7 +51,9 @@ async fn two_replicas_end_up_with_the_same_certificate_secret() {
         .expect("the shared Secret");
     assert_eq!(secret["type"], "kubernetes.io/tls");
     // A third replica, later, reads the same one.
-    let c = webhook_tls::ensure(&client, NS, &names, now).await.unwrap();
+    let c = webhook_tls::ensure(&client, NS, TLS_SECRET, &names, now)
+        .await
+        .unwrap();
     assert_eq!(a, c);
 }
 
@@ -59,13 +61,13 @@ async fn two_replicas_end_up_with_the_same_certificate_secret() {
 async fn a_certificate_near_expiry_is_renewed_once() {
     let (server, client) = standin().await;
     let now = Utc::now();
-    let first = webhook_tls::ensure(&client, NS, &names(), now)
+    let first = webhook_tls::ensure(&client, NS, TLS_SECRET, &names(), now)
         .await
         .unwrap();
     let later =
         now + Duration::days(webhook_tls::VALIDITY_DAYS - webhook_tls::RENEW_BEFORE_DAYS + 1);
     assert!(first.needs_renewal(later));
-    let renewed = webhook_tls::ensure(&client, NS, &names(), later)
+    let renewed = webhook_tls::ensure(&client, NS, TLS_SECRET, &names(), later)
         .await
         .unwrap();
     assert_ne!(renewed.cert_pem, first.cert_pem);
@@ -78,7 +80,7 @@ async fn a_certificate_near_expiry_is_renewed_once() {
         renewed.not_after.to_rfc3339()
     );
     // Another replica at the same moment keeps the renewed one.
-    let again = webhook_tls::ensure(&client, NS, &names(), later)
+    let again = webhook_tls::ensure(&client, NS, TLS_SECRET, &names(), later)
         .await
         .unwrap();
     assert_eq!(again, renewed);
