@@ -93,3 +93,15 @@ async fn readme_mint_command_works_on_the_shipped_example() {
     assert!(!report.contains("example-password-not-real"));
     assert!(!report.contains("not-a-real-secret"));
 }
+
+#[test]
+fn crd_carries_cel_rules_for_what_the_schema_cannot_say() {
+    let crd = crd_yaml();
+    for rule in [
+        "has(self.secretRef) != has(self.file)",
+        "!has(self.identity) || has(self.roleArn)",
+        "!has(self.externalId) || has(self.roleArn)",
+    ] {
+        assert!(crd.contains(rule), "missing CEL rule {rule}");
+    }
+}

@@ -62,6 +62,10 @@ impl CredentialSpec {
 /// an optional `server` (default `https://index.docker.io/v1/`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.secretRef) != has(self.file)",
+    "message": "set exactly one of secretRef or file"
+}]))]
 pub struct StaticSpec {
     /// The Secret holding the credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +87,10 @@ pub struct IdentitySpec {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.identity) || has(self.roleArn)", "message": "identity needs roleArn: the role the ServiceAccount's token is exchanged for"},
+    {"rule": "!has(self.externalId) || has(self.roleArn)", "message": "externalId goes with roleArn"}
+]))]
 pub struct EcrSpec {
     /// AWS region of the registries, e.g. `eu-west-1`. One entry per region.
     pub region: String,
