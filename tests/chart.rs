@@ -85,6 +85,21 @@ impl Rendering {
         found[0]
     }
 
+    /// The one `kind` whose name ends with `suffix`.
+    fn named(&self, kind: &str, suffix: &str) -> &Value {
+        let found: Vec<&Value> = self
+            .all(kind)
+            .into_iter()
+            .filter(|d| {
+                d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(suffix))
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "exactly one {kind} named *{suffix}");
+        found[0]
+    }
+
     fn container(&self) -> &Value {
         let containers = &self.one("Deployment")["spec"]["template"]["spec"]["containers"];
         assert_eq!(containers.as_array().map(Vec::len), Some(1));
@@ -231,7 +246,7 @@ fn default_deployment_runs_two_replicas_with_leader_election_and_probes() {
         pdb["spec"]["selector"]["matchLabels"],
         d["spec"]["selector"]["matchLabels"]
     );
-    let svc = r.one("Service");
+    let svc = r.named("Service", "-metrics");
     assert_eq!(
         svc["spec"]["selector"],
         d["spec"]["selector"]["matchLabels"]
@@ -322,7 +337,7 @@ fn custom_values_reach_every_optional_part() {
     }
     assert_eq!(r.one("PodDisruptionBudget")["spec"]["minAvailable"], 2);
 
-    let svc = r.one("Service");
+    let svc = r.named("Service", "-metrics");
     let sm = r.one("ServiceMonitor");
     assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
     assert_eq!(
@@ -391,5 +406,163 @@ fn per_tenant_identity_adds_only_token_requests() {
             "ClusterRole/regbridge-tenant-tokens",
             "ClusterRoleBinding/regbridge-tenant-tokens"
         ]
+    );
+}
+
+#[test]
+fn default_webhook_is_served_through_a_service_and_never_blocks() {
+    let Some(r) = Rendering::load("default.yaml") else {
+        return;
+    };
+    let d = r.one("Deployment");
+    let env = r.env();
+    assert_eq!(env["REGBRIDGE_WEBHOOK"]["value"], "true");
+    assert_eq!(env["REGBRIDGE_WEBHOOK_ADDR"]["value"], "0.0.0.0:9443");
+    assert_eq!(
+        env["REGBRIDGE_WEBHOOK_SECRET"]["value"],
+        "regbridge-webhook-tls"
+    );
+    assert_eq!(env["REGBRIDGE_WEBHOOK_CONFIGURATION"]["value"], "regbridge");
+    assert!(!env.contains_key("REGBRIDGE_WEBHOOK_TLS_DIR"));
+    let svc = r.named("Service", "-webhook");
+    assert_eq!(
+        svc["metadata"]["name"],
+        env["REGBRIDGE_WEBHOOK_SERVICE"]["value"]
+    );
+    assert_eq!(svc["spec"]["ports"][0]["port"], 443);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "webhook");
+    assert_eq!(
+        svc["spec"]["selector"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    let port = r.container()["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "webhook")
+        .expect("a webhook port");
+    assert_eq!(port["containerPort"], 9443);
+
+    let mwc = r.one("MutatingWebhookConfiguration");
+    assert_eq!(mwc["metadata"]["name"], "regbridge");
+    let hooks = mwc["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 1);
+    let w = &hooks[0];
+    assert_eq!(w["failurePolicy"], "Ignore");
+    assert_eq!(w["timeoutSeconds"], 2);
+    assert_eq!(w["sideEffects"], "None");
+    assert_eq!(w["admissionReviewVersions"], json!(["v1"]));
+    assert!(w.get("objectSelector").is_none());
+    assert_eq!(
+        w["clientConfig"]["service"]["name"],
+        svc["metadata"]["name"]
+    );
+    assert_eq!(w["clientConfig"]["service"]["namespace"], NAMESPACE);
+    assert_eq!(
+        w["clientConfig"]["service"]["path"],
+        regbridge::webhook::PATH
+    );
+    assert!(
+        w["clientConfig"].get("caBundle").is_none(),
+        "regbridge keeps it"
+    );
+    let exprs = w["namespaceSelector"]["matchExpressions"]
+        .as_array()
+        .unwrap();
+    assert!(exprs.contains(&json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", NAMESPACE]})));
+    assert!(exprs.contains(
+        &json!({"key": "regbridge.dev/exclude", "operator": "NotIn", "values": ["true"]})
+    ));
+    let rules = w["rules"].as_array().unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["resources"] == json!(["serviceaccounts"])
+                && r["operations"] == json!(["CREATE", "UPDATE"]))
+    );
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["resources"] == json!(["pods"]) && r["operations"] == json!(["CREATE"]))
+    );
+    assert!(
+        w["matchConditions"][0]["expression"]
+            .as_str()
+            .unwrap()
+            .contains("system:serviceaccount:regbridge:regbridge")
+    );
+    assert!(r.grants(
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "patch"
+    ));
+    let mwc_rule = r.named("ClusterRole", "-webhook")["rules"][0].clone();
+    assert_eq!(mwc_rule["resourceNames"], json!(["regbridge"]));
+    assert_eq!(mwc_rule["verbs"], json!(["get", "patch"]));
+    let tls = r.named("Role", "-webhook-tls");
+    assert_eq!(tls["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        tls["rules"][0]["resourceNames"],
+        json!(["regbridge-webhook-tls"])
+    );
+    assert_eq!(tls["rules"][0]["verbs"], json!(["get", "update"]));
+    assert_eq!(tls["rules"][1]["verbs"], json!(["create"]));
+    assert!(
+        r.all("Certificate").is_empty(),
+        "cert-manager is off by default"
+    );
+}
+
+#[test]
+fn cert_manager_issues_and_injects_the_webhook_certificate() {
+    let Some(r) = Rendering::load("custom.yaml") else {
+        return;
+    };
+    let mwc = r.one("MutatingWebhookConfiguration");
+    let cert = r.one("Certificate");
+    assert_eq!(
+        mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        format!("{NAMESPACE}/{}", cert["metadata"]["name"].as_str().unwrap())
+    );
+    assert_eq!(r.env()["REGBRIDGE_WEBHOOK_TLS_DIR"]["value"], "/tls");
+    let pod = &r.one("Deployment")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "webhook-tls")
+        .expect("the certificate is mounted");
+    assert_eq!(volume["secret"]["secretName"], cert["spec"]["secretName"]);
+    assert_eq!(
+        cert["spec"]["issuerRef"]["name"],
+        r.one("Issuer")["metadata"]["name"]
+    );
+    assert!(
+        !r.grants(
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "patch"
+        ),
+        "cert-manager injects the CA"
+    );
+}
+
+#[test]
+fn webhook_url_replaces_the_service() {
+    let Some(r) = Rendering::load("webhook-url.yaml") else {
+        return;
+    };
+    let w = &r.one("MutatingWebhookConfiguration")["webhooks"][0];
+    assert_eq!(w["clientConfig"]["url"], "https://172.18.0.1:9443/mutate");
+    assert!(w["clientConfig"].get("service").is_none());
+    assert!(r.all("Service").iter().all(|s| {
+        !s["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("-webhook")
+    }));
+    assert_eq!(
+        r.env()["REGBRIDGE_WEBHOOK_CERT_NAMES"]["value"],
+        "172.18.0.1"
     );
 }

@@ -15,6 +15,7 @@ writes into OUT_DIR:
                     (deploy/manifests/regbridge.yaml must equal it)
   custom.yaml       rendered with non-default values (CUSTOM_VALUES below)
   per-tenant.yaml   rendered with perTenantIdentity.enabled
+  webhook-url.yaml  rendered with webhook.url (no Service in front of it)
   timings.json      seconds per step
 tests/chart.rs checks these files.
 """
@@ -56,6 +57,7 @@ CUSTOM_VALUES = {
                            "labels": {"release": "kube-prometheus-stack"}},
     },
     "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
+    "webhook": {"enabled": True, "port": 8443, "certManager": {"enabled": True}},
     "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}],
     "podAnnotations": {"example.com/scrape": "false"},
     "podLabels": {"team": "platform"},
@@ -86,6 +88,8 @@ CUSTOM_VALUES = {
     ],
 }
 PER_TENANT_VALUES = {"perTenantIdentity": {"enabled": True}}
+# The webhook reached by URL, as the e2e suite runs it.
+WEBHOOK_URL_VALUES = {"webhook": {"url": "https://172.18.0.1:9443/"}}
 
 # What the throwaway API server serves: group/version -> [(plural, kind, namespaced)].
 SERVED = {
@@ -99,6 +103,9 @@ SERVED = {
         ("roles", "Role", True), ("rolebindings", "RoleBinding", True)],
     "apiextensions.k8s.io/v1": [("customresourcedefinitions", "CustomResourceDefinition", False)],
     "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True)],
+    "admissionregistration.k8s.io/v1": [
+        ("mutatingwebhookconfigurations", "MutatingWebhookConfiguration", False)],
+    "cert-manager.io/v1": [("certificates", "Certificate", True), ("issuers", "Issuer", True)],
     "regbridge.dev/v1alpha1": [("clusterpullsecrets", "ClusterPullSecret", False)],
 }
 
@@ -236,7 +243,8 @@ async def main(out: Path):
     timings["lint"] = round(time.monotonic() - t, 3)
     (out / "lint.json").write_text(json.dumps(lint, indent=2) + "\n")
 
-    for name, values in (("default", None), ("custom", CUSTOM_VALUES), ("per-tenant", PER_TENANT_VALUES)):
+    for name, values in (("default", None), ("custom", CUSTOM_VALUES), ("per-tenant", PER_TENANT_VALUES),
+                         ("webhook-url", WEBHOOK_URL_VALUES)):
         t = time.monotonic()
         config = helm_sdkpy.Configuration(namespace=NAMESPACE, kubeconfig=str(kcfg))
         release = await helm_sdkpy.Install(config).run(RELEASE, str(CHART), values=values, wait=False, timeout=60)
