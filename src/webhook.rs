@@ -41,6 +41,10 @@ pub const PATH: &str = "/mutate";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a mounted certificate (cert-manager) is read again.
 const RELOAD_MOUNTED_EVERY: Duration = Duration::from_secs(300);
+/// How long a request waits for its namespace to reach the cache: a
+/// namespace created a moment before its first ServiceAccount (one Helm
+/// release, one `kubectl apply`) is the race the webhook exists to close.
+pub const NAMESPACE_WAIT: Duration = Duration::from_millis(500);
 /// How soon a failed certificate step is retried.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
@@ -71,8 +75,23 @@ impl Webhook {
         self.resources_synced.load(Ordering::SeqCst) && self.namespaces.is_synced()
     }
 
+    /// The cached namespace, waiting up to [`NAMESPACE_WAIT`] for one that
+    /// has not reached the cache yet.
+    async fn namespace(&self, name: &str) -> Option<Arc<NamespaceView>> {
+        let deadline = Instant::now() + NAMESPACE_WAIT;
+        loop {
+            if let Some(ns) = self.namespaces.get("", name) {
+                return Some(ns);
+            }
+            if !self.synced() || Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Answers one AdmissionReview body; always an AdmissionReview.
-    pub fn review(&self, body: &[u8]) -> AdmissionReview<DynamicObject> {
+    pub async fn review(&self, body: &[u8]) -> AdmissionReview<DynamicObject> {
         let started = Instant::now();
         let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
             Ok(r) => r,
@@ -91,10 +110,10 @@ impl Webhook {
             .iter()
             .filter_map(|r| Target::compile(r))
             .collect();
-        let namespace = req
-            .namespace
-            .as_deref()
-            .and_then(|ns| self.namespaces.get("", ns));
+        let namespace = match (req.namespace.as_deref(), Kind::of(&req)) {
+            (Some(ns), Kind::ServiceAccount | Kind::Pod) => self.namespace(ns).await,
+            _ => None,
+        };
         let decision = admission::decide(&req, &targets, namespace.as_deref(), self.synced());
         let kind = Kind::of(&req);
         debug!(
@@ -124,7 +143,7 @@ pub fn router(webhook: Arc<Webhook>) -> Router {
 }
 
 async fn mutate(State(webhook): State<Arc<Webhook>>, body: Bytes) -> impl IntoResponse {
-    match serde_json::to_vec(&webhook.review(&body)) {
+    match serde_json::to_vec(&webhook.review(&body).await) {
         Ok(json) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],

@@ -202,3 +202,60 @@ async fn https_round_trip_returns_a_patch() {
     let _ = stop.send(());
     let _ = server.await;
 }
+
+#[tokio::test]
+async fn a_namespace_that_reaches_the_cache_a_moment_late_still_gets_the_patch() {
+    let (store, mut writer) = reflector::store::<ClusterPullSecret>();
+    writer.apply_watcher_event(&watcher::Event::Apply(ClusterPullSecret::new(
+        "regcred",
+        ClusterPullSecretSpec {
+            secret_name: None,
+            credentials: vec![],
+            namespaces: Default::default(),
+            service_accounts: vec!["default".into()],
+            refresh_before: None,
+            verify: Default::default(),
+        },
+    )));
+    let namespaces: Index<NamespaceView> = Index::default();
+    namespaces.apply(&watcher::Event::<Namespace>::InitDone);
+    let hook = Webhook::new(
+        store,
+        namespaces.clone(),
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(Metrics::default()),
+    );
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        namespaces.apply(&watcher::Event::Apply(Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some("fresh".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
+    });
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1",
+            "kind": {"group": "", "version": "v1", "kind": "ServiceAccount"},
+            "resource": {"group": "", "version": "v1", "resource": "serviceaccounts"},
+            "namespace": "fresh",
+            "name": "default",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:service-account-controller"},
+            "object": {"apiVersion": "v1", "kind": "ServiceAccount",
+                       "metadata": {"name": "default", "namespace": "fresh"}}
+        }
+    });
+    let out = hook.review(&serde_json::to_vec(&review).unwrap()).await;
+    late.await.unwrap();
+    let response = out.response.expect("a response");
+    assert_eq!(response.uid, "u-1");
+    assert!(
+        response.patch.is_some(),
+        "patched once the namespace arrived"
+    );
+}
