@@ -152,6 +152,16 @@ pub fn generate(
     })
 }
 
+/// The first PEM block of `pem`: a bundle's own CA, without the one it
+/// carried over from before.
+fn first_certificate(pem: &str) -> String {
+    const END: &str = "-----END CERTIFICATE-----";
+    match pem.find(END) {
+        Some(i) => format!("{}\n", &pem[..i + END.len()]),
+        None => pem.to_owned(),
+    }
+}
+
 fn secret_object(namespace: &str, name: &str, bundle: &CertBundle) -> Secret {
     let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
     Secret {
@@ -253,7 +263,14 @@ pub async fn ensure(
                 {
                     return current;
                 }
-                let bundle = generate(names, now, Duration::days(VALIDITY_DAYS))?;
+                let mut bundle = generate(names, now, Duration::days(VALIDITY_DAYS))?;
+                // Trust the outgoing CA too until it expires: a replica that
+                // has not reloaded yet still serves a certificate it signed.
+                if let Ok(old) = &current
+                    && old.not_after > now
+                {
+                    bundle.ca_pem = format!("{}{}", bundle.ca_pem, first_certificate(&old.ca_pem));
+                }
                 let mut next = secret_object(namespace, secret, &bundle);
                 next.metadata.resource_version = existing.resource_version();
                 match api.replace(secret, &PostParams::default(), &next).await {

@@ -72,18 +72,30 @@ async fn a_certificate_near_expiry_is_renewed_once() {
         .unwrap();
     assert_ne!(renewed.cert_pem, first.cert_pem);
     assert!(!renewed.needs_renewal(later));
-    let secret = server
-        .get(&Resource::SECRETS, Some(NS), TLS_SECRET)
-        .unwrap();
-    assert_eq!(
-        secret["metadata"]["annotations"][NOT_AFTER_ANNOTATION],
-        renewed.not_after.to_rfc3339()
-    );
+    // The caBundle trusts the new CA and, until it expires, the old one.
+    assert!(renewed.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(renewed.ca_pem.matches("BEGIN CERTIFICATE").count(), 2);
+    assert!(renewed.ca_pem.ends_with(&first.ca_pem));
     // Another replica at the same moment keeps the renewed one.
     let again = webhook_tls::ensure(&client, NS, TLS_SECRET, &names(), later)
         .await
         .unwrap();
     assert_eq!(again, renewed);
+    // A second renewal carries over only the then-current CA.
+    let much_later =
+        later + Duration::days(webhook_tls::VALIDITY_DAYS - webhook_tls::RENEW_BEFORE_DAYS + 1);
+    let third = webhook_tls::ensure(&client, NS, TLS_SECRET, &names(), much_later)
+        .await
+        .unwrap();
+    assert_eq!(third.ca_pem.matches("BEGIN CERTIFICATE").count(), 2);
+    assert!(!third.ca_pem.contains(first.ca_pem.trim()));
+    let secret = server
+        .get(&Resource::SECRETS, Some(NS), TLS_SECRET)
+        .unwrap();
+    assert_eq!(
+        secret["metadata"]["annotations"][NOT_AFTER_ANNOTATION],
+        third.not_after.to_rfc3339()
+    );
 }
 
 #[tokio::test]
