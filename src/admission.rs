@@ -6,6 +6,8 @@
 //! namespace unknown, an object it cannot read) the answer leaves the object
 //! unchanged: the controller's watch still catches up afterwards.
 
+use std::borrow::Borrow;
+
 use json_patch::{Patch, PatchOperation};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
@@ -100,9 +102,13 @@ impl Decision {
 
 /// Secret names of the targets that select `namespace` and the
 /// ServiceAccount `sa`, in target order, without duplicates.
-fn wanted<'a>(targets: &'a [Target], namespace: &NamespaceView, sa: &str) -> Vec<&'a str> {
+fn wanted<'a, T: Borrow<Target>>(
+    targets: &'a [T],
+    namespace: &NamespaceView,
+    sa: &str,
+) -> Vec<&'a str> {
     let mut out: Vec<&str> = Vec::new();
-    for t in targets {
+    for t in targets.iter().map(Borrow::borrow) {
         if t.selection.selects_namespace(namespace)
             && t.selection.selects_service_account(sa)
             && !out.contains(&t.secret_name.as_str())
@@ -147,9 +153,9 @@ fn service_account_view(
 /// The decision for one request. `namespace` is the cached view of the
 /// request's namespace; `synced` whether every cache the decision reads has
 /// synced.
-pub fn decide(
+pub fn decide<T: Borrow<Target>>(
     req: &AdmissionRequest<DynamicObject>,
-    targets: &[Target],
+    targets: &[T],
     namespace: Option<&NamespaceView>,
     synced: bool,
 ) -> Decision {
@@ -182,10 +188,10 @@ pub fn decide(
     }
 }
 
-fn service_account_ops(
+fn service_account_ops<T: Borrow<Target>>(
     req: &AdmissionRequest<DynamicObject>,
     obj: &DynamicObject,
-    targets: &[Target],
+    targets: &[T],
     namespace: &NamespaceView,
 ) -> Option<Vec<PatchOperation>> {
     let sa = service_account_view(req, obj);
@@ -196,9 +202,9 @@ fn service_account_ops(
     add_references(&sa, &wanted)
 }
 
-fn pod_ops(
+fn pod_ops<T: Borrow<Target>>(
     obj: &DynamicObject,
-    targets: &[Target],
+    targets: &[T],
     namespace: &NamespaceView,
 ) -> Option<Vec<PatchOperation>> {
     let spec = obj.data.get("spec")?;

@@ -271,3 +271,177 @@ async fn a_namespace_that_reaches_the_cache_a_moment_late_still_gets_the_patch()
         "patched once the namespace arrived"
     );
 }
+
+/// A benchmark, not a timed test: 1,000 admissions over HTTPS at 100/s
+/// against 20 resources and 1,000 namespaces; prints p50 and p99.
+/// `cargo test --release --test webhook -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn admission_latency_at_100_per_second() {
+    let bundle =
+        webhook_tls::generate(&["localhost".to_owned()], Utc::now(), Duration::days(2)).unwrap();
+    let resolver = Arc::new(CertResolver::new(&bundle.cert_pem, &bundle.key_pem).unwrap());
+    let tls = Arc::new(resolver.server_config().unwrap());
+    let (store, mut writer) = reflector::store::<ClusterPullSecret>();
+    for i in 0..20 {
+        let mut spec = ClusterPullSecretSpec {
+            secret_name: None,
+            credentials: vec![],
+            namespaces: Default::default(),
+            service_accounts: vec!["default".into(), format!("sa-{i}-*")],
+            refresh_before: None,
+            verify: Default::default(),
+        };
+        spec.namespaces.include = vec![format!("team-{i}*"), "shared-*".into()];
+        writer.apply_watcher_event(&watcher::Event::Apply(ClusterPullSecret::new(
+            &format!("cps-{i}"),
+            spec,
+        )));
+    }
+    let namespaces: Index<NamespaceView> = Index::default();
+    for i in 0..1000 {
+        namespaces.apply(&watcher::Event::Apply(Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("team-{}-{i}", i % 20)),
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
+    }
+    namespaces.apply(&watcher::Event::<Namespace>::InitDone);
+    let metrics = Arc::new(Metrics::default());
+    let hook = Arc::new(Webhook::new(
+        store,
+        namespaces,
+        Arc::new(AtomicBool::new(true)),
+        metrics.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(webhook::serve(
+        listener,
+        tls,
+        webhook::router(hook),
+        std::future::pending(),
+    ));
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(bundle.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{port}{}", webhook::PATH);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        tick.tick().await;
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let ns = format!("team-{}-{i}", i % 20);
+            let review = json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {
+                    "uid": format!("u-{i}"),
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": ns,
+                    "operation": "CREATE",
+                    "userInfo": {"username": "bench"},
+                    "object": {"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"name": format!("p-{i}"), "namespace": ns},
+                               "spec": {"containers": [{"name": "c", "image": "x"}]}}
+                }
+            });
+            let started = std::time::Instant::now();
+            let r = client.post(&url).json(&review).send().await.unwrap();
+            assert!(r.status().is_success());
+            let _ = r.bytes().await.unwrap();
+            started.elapsed()
+        }));
+    }
+    let mut times = Vec::new();
+    for t in tasks {
+        times.push(t.await.unwrap());
+    }
+    times.sort();
+    println!(
+        "admission over HTTPS at 100/s: p50 {:?}, p99 {:?} ({} requests)",
+        times[times.len() / 2],
+        times[times.len() * 99 / 100],
+        times.len()
+    );
+    let text = metrics.encode();
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_default()
+    };
+    let (sum, count) = (
+        line("regbridge_admission_duration_seconds_sum"),
+        line("regbridge_admission_duration_seconds_count"),
+    );
+    println!(
+        "in the handler: mean {:.3} ms over {count} admissions",
+        sum / count * 1000.0
+    );
+}
+
+#[tokio::test]
+async fn a_changed_resource_is_compiled_again() {
+    let cps = |sas: &[&str]| {
+        ClusterPullSecret::new(
+            "regcred",
+            ClusterPullSecretSpec {
+                secret_name: None,
+                credentials: vec![],
+                namespaces: Default::default(),
+                service_accounts: sas.iter().map(|s| s.to_string()).collect(),
+                refresh_before: None,
+                verify: Default::default(),
+            },
+        )
+    };
+    let (store, mut writer) = reflector::store::<ClusterPullSecret>();
+    writer.apply_watcher_event(&watcher::Event::Apply(cps(&["default"])));
+    let namespaces: Index<NamespaceView> = Index::default();
+    namespaces.apply(&watcher::Event::Apply(Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some("team-a".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }));
+    namespaces.apply(&watcher::Event::<Namespace>::InitDone);
+    let hook = Webhook::new(
+        store,
+        namespaces,
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(Metrics::default()),
+    );
+    let review = serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-2",
+            "kind": {"group": "", "version": "v1", "kind": "ServiceAccount"},
+            "resource": {"group": "", "version": "v1", "resource": "serviceaccounts"},
+            "namespace": "team-a",
+            "name": "default",
+            "operation": "CREATE",
+            "userInfo": {"username": "admin"},
+            "object": {"apiVersion": "v1", "kind": "ServiceAccount",
+                       "metadata": {"name": "default", "namespace": "team-a"}}
+        }
+    }))
+    .unwrap();
+    let patched = |out: kube::core::admission::AdmissionReview<kube::core::DynamicObject>| {
+        out.response.unwrap().patch.is_some()
+    };
+    assert!(patched(hook.review(&review).await));
+    writer.apply_watcher_event(&watcher::Event::Apply(cps(&["builder"])));
+    assert!(!patched(hook.review(&review).await), "selects builder now");
+    writer.apply_watcher_event(&watcher::Event::Delete(cps(&["builder"])));
+    writer.apply_watcher_event(&watcher::Event::Apply(cps(&["default"])));
+    assert!(patched(hook.review(&review).await));
+}
