@@ -208,10 +208,14 @@ fn pod_ops<T: Borrow<Target>>(
     namespace: &NamespaceView,
 ) -> Option<Vec<PatchOperation>> {
     let spec = obj.data.get("spec")?;
-    let sa = spec
-        .get("serviceAccountName")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
+    // `serviceAccount` is the deprecated alias the API server still fills in.
+    let sa = ["serviceAccountName", "serviceAccount"]
+        .iter()
+        .find_map(|k| {
+            spec.get(*k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        })
         .unwrap_or("default");
     let present = names(spec.get("imagePullSecrets"));
     let missing: Vec<&str> = wanted(targets, namespace, sa)
@@ -492,6 +496,16 @@ mod tests {
             list(&obj["spec"]["imagePullSecrets"]),
             ["own", "also-own", "regcred"]
         );
+    }
+
+    #[test]
+    fn pod_naming_its_service_account_by_the_deprecated_field_is_matched() {
+        let mut pod = pod_object(None, None);
+        pod["spec"]["serviceAccount"] = json!("builder");
+        let r = review("Pod", "pods", "CREATE", pod);
+        let targets = [target("regcred", &[], &["builder"])];
+        let (d, _, _) = admit(&r, &targets, Some(&team_a()), true);
+        assert_eq!(d.result(), "patched");
     }
 
     #[test]
