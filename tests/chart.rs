@@ -15,7 +15,11 @@ use serde_json::{Value, json};
 const NAMESPACE: &str = "regbridge";
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // Read at run time: a binary built in another checkout sharing the
+    // target dir must still look in this one.
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
 }
 
 /// The rendered file `name`, or `None` when the renders are absent and not required.

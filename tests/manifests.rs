@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 use regbridge::crd::{ClusterPullSecret, crd_yaml};
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // Read at run time: a binary built in another checkout sharing the
+    // target dir must still look in this one.
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
 }
 
 #[test]

@@ -167,6 +167,8 @@ bench_scale() {
   log "scale benchmark (release binary)"
   REGBRIDGE_SCALE_BINARY="$ROOT/target/release/regbridge" \
     cargo_ test --all-features --locked --test scale -- --ignored --nocapture
+  log "webhook admission latency benchmark"
+  cargo_ test --all-features --locked --test webhook -- --ignored --nocapture admission_latency_at_100_per_second
 }
 
 STEPS=(check_fmt check_clippy check_chart run_tests build_release bench_scale)

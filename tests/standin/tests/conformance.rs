@@ -76,7 +76,12 @@ fn corpus_dir() -> PathBuf {
     if let Ok(d) = std::env::var("REGBRIDGE_APISERVER_CORPUS") {
         return PathBuf::from(d);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/apiserver")
+    // Read at run time: a binary built in another checkout sharing the
+    // target dir must still look in this one.
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../../../shared/apiserver")
 }
 
 fn get_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
