@@ -144,6 +144,15 @@ impl Context {
 }
 
 impl Context {
+    /// The cluster as providers see it: cached sources, live TokenRequests.
+    fn cluster(&self) -> CachedCluster {
+        CachedCluster {
+            client: self.client.clone(),
+            sources: self.stores.sources.clone(),
+            namespace: self.config.namespace.clone(),
+        }
+    }
+
     /// Mints every entry of the resource again at its next reconcile.
     pub(crate) async fn refresh_now(&self, cps: &ClusterPullSecret) {
         let state = self.state_of(&cps.uid().unwrap_or_default());
@@ -426,11 +435,7 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         )
         .await;
     }
-    let cluster = CachedCluster {
-        client: ctx.client.clone(),
-        sources: ctx.stores.sources.clone(),
-        namespace: ctx.config.namespace.clone(),
-    };
+    let cluster = ctx.cluster();
     let now = Utc::now();
     let options = RefreshOptions {
         refresh_before,
@@ -737,11 +742,7 @@ async fn cleanup(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, E
     }
     let uid = cps.uid().unwrap_or_default();
     let state = ctx.state_of(&uid);
-    let cluster = CachedCluster {
-        client: ctx.client.clone(),
-        sources: ctx.stores.sources.clone(),
-        namespace: ctx.config.namespace.clone(),
-    };
+    let cluster = ctx.cluster();
     for e in state.lock().await.credentials.cleanup(&cluster).await {
         warn!(resource = %name, error = %e, "provider cleanup failed");
         ctx.publish(&cps, EventType::Warning, "CleanupFailed", e.to_string())
