@@ -17,7 +17,7 @@ use crate::crd::ClusterPullSecret;
 use crate::index::{NamespaceView, ServiceAccountView};
 use crate::labels::ADDED_ANNOTATION;
 use crate::selection::Selection;
-use crate::serviceaccount_patch::{add_references, append_to_list};
+use crate::serviceaccount_patch::{add_references, added_by_us, append_to_list, references_secret};
 
 /// One `ClusterPullSecret` as admission reads it.
 #[derive(Debug)]
@@ -198,8 +198,25 @@ fn service_account_ops<T: Borrow<Target>>(
     if sa.name.is_empty() {
         return None;
     }
-    let wanted = wanted(targets, namespace, &sa.name);
+    let mut wanted = wanted(targets, namespace, &sa.name);
+    if let Some(old) = req.old_object.as_ref() {
+        let before = service_account_view(req, old);
+        wanted.retain(|secret| !withdrawn(&before, &sa, secret));
+    }
     add_references(&sa, &wanted)
+}
+
+/// Whether an UPDATE takes `secret` out of both the list and regbridge's
+/// record of what it added. Only regbridge's own cleanup (a deleted or
+/// deselected resource) does that: an apply that drops the reference leaves
+/// the record alone. Putting it back would undo the cleanup whenever the
+/// webhook's cache lags the controller's, or the configuration's
+/// `matchConditions` do not recognise the controller (an older API server,
+/// another identity).
+fn withdrawn(before: &ServiceAccountView, after: &ServiceAccountView, secret: &str) -> bool {
+    added_by_us(before).contains(&secret)
+        && !added_by_us(after).contains(&secret)
+        && !references_secret(after, secret)
 }
 
 fn pod_ops<T: Borrow<Target>>(
@@ -439,6 +456,26 @@ mod tests {
         assert_eq!(d.result(), "patched");
         assert_eq!(list(&obj["imagePullSecrets"]), ["theirs", "regcred"]);
         assert_eq!(obj["metadata"]["annotations"][ADDED_ANNOTATION], "regcred");
+    }
+
+    #[test]
+    fn regbridge_taking_back_its_own_reference_is_left_alone() {
+        let mut before = sa_object("default", Some(&["theirs", "regcred"]));
+        before["metadata"]["annotations"] = json!({ ADDED_ANNOTATION: "regcred" });
+        let after = sa_object("default", Some(&["theirs"]));
+        let mut r = review("ServiceAccount", "serviceaccounts", "UPDATE", after);
+        r["request"]["oldObject"] = before;
+        let targets = [target("regcred", &[], &["default"])];
+        let (d, _, obj) = admit(&r, &targets, Some(&team_a()), true);
+        assert_eq!(d, Decision::Unchanged);
+        assert_eq!(list(&obj["imagePullSecrets"]), ["theirs"]);
+
+        // The same UPDATE keeping the record is an apply that dropped the
+        // reference: it is put back.
+        r["request"]["object"]["metadata"]["annotations"] = json!({ ADDED_ANNOTATION: "regcred" });
+        let (d, _, obj) = admit(&r, &targets, Some(&team_a()), true);
+        assert_eq!(d.result(), "patched");
+        assert_eq!(list(&obj["imagePullSecrets"]), ["theirs", "regcred"]);
     }
 
     #[test]
