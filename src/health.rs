@@ -8,7 +8,6 @@
 //! kube's controller runner already waits on the main store.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -136,17 +135,17 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, router(health, metrics)).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(addr: SocketAddr, path: &str) -> String {

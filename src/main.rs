@@ -71,16 +71,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "regbridge".into());
+    // Both ports are bound before anything starts: one already in use is a
+    // startup error the kubelet shows, not a replica that runs half deaf.
+    let metrics_listener = bind(args.metrics_addr, "--metrics-addr").await?;
+    let webhook_listener = match args.webhook {
+        true => Some(bind(args.webhook_addr, "--webhook-addr").await?),
+        false => None,
+    };
     let server = tokio::spawn(health::serve(
-        args.metrics_addr,
+        metrics_listener,
         health.clone(),
         metrics.clone(),
     ));
-    let webhook = args.webhook.then(|| {
+    let webhook = webhook_listener.map(|listener| {
         let run = webhook::run(
             client.clone(),
             WebhookConfig {
-                addr: args.webhook_addr,
                 namespace: args.namespace.clone(),
                 service: args.webhook_service.clone(),
                 secret: args.webhook_secret.clone(),
@@ -88,6 +94,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 extra_names: args.webhook_cert_names.clone(),
                 tls_dir: args.webhook_tls_dir.clone(),
             },
+            listener,
             health.clone(),
             metrics.clone(),
             shutdown_signal(),
@@ -127,6 +134,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {flag} {addr}"))
 }
 
 /// SIGTERM (the kubelet) or Ctrl-C.

@@ -3,7 +3,6 @@
 //! namespace index); the decisions themselves are in [`crate::admission`].
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +47,10 @@ const RELOAD_MOUNTED_EVERY: Duration = Duration::from_secs(300);
 pub const NAMESPACE_WAIT: Duration = Duration::from_millis(500);
 /// How soon a failed certificate step is retried.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How often the `caBundle` is checked even when nothing is due: Helm
+/// creates webhook configurations after Deployments, and a GitOps re-apply
+/// can empty the field, so a replica must notice either within a minute.
+const CA_BUNDLE_RECHECK: Duration = Duration::from_secs(60);
 
 /// What a compiled selection was compiled from.
 type CompiledFrom = (Option<String>, bool, crate::crd::ClusterPullSecretSpec);
@@ -246,7 +249,6 @@ pub async fn serve(
 /// How `regbridge run` serves the webhook.
 #[derive(Clone, Debug)]
 pub struct WebhookConfig {
-    pub addr: SocketAddr,
     /// The controller's namespace, where the certificate Secret lives.
     pub namespace: String,
     /// The Service in front of the webhook, for the certificate's names.
@@ -314,7 +316,7 @@ async fn refresh_managed(
         warn!(error = %e, configuration = %config.configuration, "updating the webhook caBundle");
         return Ok(RETRY_AFTER);
     }
-    Ok(bundle.renewal_in(now))
+    Ok(bundle.renewal_in(now).min(CA_BUNDLE_RECHECK))
 }
 
 /// The first certificate, retried until there is one (or shutdown).
@@ -339,11 +341,14 @@ async fn first_certificate(
     CertResolver::new(&bundle.cert_pem, &bundle.key_pem)
 }
 
-/// Runs the webhook until `shutdown`: its caches, its certificate and its
-/// server. Errors only when it cannot start (no certificate, no port).
+/// Runs the webhook on `listener` until `shutdown`: its caches, its
+/// certificate and its server. The caller binds the port, so a port already
+/// in use stops `regbridge run` at once instead of leaving it half serving.
+/// Errors only when a certificate cannot be used.
 pub async fn run(
     client: Client,
     config: WebhookConfig,
+    listener: tokio::net::TcpListener,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -391,8 +396,9 @@ pub async fn run(
         resources_synced,
         metrics,
     ));
-    let listener = tokio::net::TcpListener::bind(config.addr).await?;
-    info!(addr = %config.addr, "serving the admission webhook");
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving the admission webhook");
+    }
     serve(listener, tls, router(webhook), shutdown).await;
     caches.abort();
     certificates.abort();

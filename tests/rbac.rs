@@ -361,7 +361,6 @@ async fn run_scenario() -> Vec<RequestRecord> {
         tokio::spawn(regbridge::webhook::run(
             client,
             regbridge::webhook::WebhookConfig {
-                addr: "127.0.0.1:0".parse().unwrap(),
                 namespace: CONTROLLER_NS.into(),
                 service: "regbridge-webhook".into(),
                 secret: regbridge::webhook_tls::TLS_SECRET.into(),
@@ -369,6 +368,7 @@ async fn run_scenario() -> Vec<RequestRecord> {
                 extra_names: vec![],
                 tls_dir: None,
             },
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             Arc::new(Health::default()),
             Arc::new(Metrics::default()),
             async move {
