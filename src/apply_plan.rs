@@ -243,6 +243,7 @@ impl Writer<'_> {
         let ServiceAccountWrite {
             namespace,
             name,
+            secret,
             patch,
         } = write;
         let adding = patch_adds(&patch);
@@ -273,9 +274,9 @@ impl Writer<'_> {
                         }
                     };
                     let next = if adding {
-                        add_reference(&fresh, self.secret_name)
-                    } else if added_by_us(&fresh).contains(&self.secret_name) {
-                        remove_reference(&fresh, self.secret_name)
+                        add_reference(&fresh, &secret)
+                    } else if added_by_us(&fresh).contains(&secret.as_str()) {
+                        remove_reference(&fresh, &secret)
                     } else {
                         None
                     };

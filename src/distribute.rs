@@ -68,6 +68,9 @@ pub enum SecretWrite {
 pub struct ServiceAccountWrite {
     pub namespace: String,
     pub name: String,
+    /// The Secret the patch adds or removes: a retry recomputes the patch
+    /// for it, and it is not always the current `secretName`.
+    pub secret: String,
     pub patch: Patch,
 }
 
@@ -203,17 +206,71 @@ pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> P
                 out.service_accounts.push(ServiceAccountWrite {
                     namespace: namespace.clone(),
                     name,
+                    secret: desired.secret_name.into(),
                     patch,
                 });
             }
         }
     }
-    // Copies under another name (after a `secretName` change) are orphans.
-    for ((namespace, name), s) in world.managed {
-        if name != desired.secret_name
-            && owner(s) == Some(desired.resource)
-            && s.role.as_deref() == Some(ROLE_COPY)
-        {
+    retire_old_names(desired, claims, world, &mut out);
+    out
+}
+
+/// After a `secretName` change, copies under the old name are orphans, and
+/// so are the references regbridge added to them. The references go first
+/// and the copy only once none is left: the copy is the only record of the
+/// old name, so a pass interrupted between the two still finishes the job.
+/// A reference another resource of that name claims stays.
+fn retire_old_names(
+    desired: &Desired<'_>,
+    claims: &[Claim<'_>],
+    world: &World<'_>,
+    out: &mut Plan,
+) {
+    let orphans: Vec<_> = world
+        .managed
+        .iter()
+        .filter(|((_, name), s)| {
+            name != desired.secret_name
+                && owner(s) == Some(desired.resource)
+                && s.role.as_deref() == Some(ROLE_COPY)
+        })
+        .collect();
+    if orphans.is_empty() {
+        return;
+    }
+    let namespaces: HashMap<&str, &NamespaceView> = world
+        .namespaces
+        .iter()
+        .map(|n| (n.name.as_str(), n.as_ref()))
+        .collect();
+    for ((namespace, name), s) in orphans {
+        let ns = namespaces.get(namespace.as_str());
+        let claimed = |sa: &str| {
+            ns.is_some_and(|ns| {
+                claims.iter().any(|c| {
+                    c.secret_name == name
+                        && c.selection.selects_namespace(ns)
+                        && c.selection.selects_service_account(sa)
+                })
+            })
+        };
+        let mut referenced = false;
+        for sa in world.service_accounts.get(namespace).into_iter().flatten() {
+            if !added_by_us(sa).contains(&name.as_str()) || claimed(&sa.name) {
+                continue;
+            }
+            if let Some(patch) = remove_reference(sa, name) {
+                referenced = true;
+                out.service_accounts.push(ServiceAccountWrite {
+                    namespace: namespace.clone(),
+                    name: sa.name.clone(),
+                    secret: name.clone(),
+                    patch,
+                });
+            }
+        }
+        if !referenced {
             out.secrets.push(SecretWrite::Delete {
                 namespace: namespace.clone(),
                 name: name.clone(),
@@ -221,7 +278,6 @@ pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> P
             });
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -453,6 +509,62 @@ mod tests {
         let sel = selection(&[]);
         let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
         assert!(matches!(&p.secrets[..], [SecretWrite::Delete { name, .. }] if name == "old-name"));
+    }
+
+    fn referencing_both() -> crate::fixtures::SaBuilder {
+        sa("a", "default")
+            .pull_secrets(&["theirs", "old-name", "regcred"])
+            .annotation(ADDED_ANNOTATION, "old-name,regcred")
+    }
+
+    #[test]
+    fn renamed_secret_takes_its_references_back_before_the_copy() {
+        let mut old = ours("a", PAYLOAD);
+        old.metadata.name = Some("old-name".into());
+        let c = Cluster::new(&["a"])
+            .with_secret(old)
+            .with_secret(ours("a", PAYLOAD))
+            .with_sa(referencing_both().build());
+        let sel = selection(&["default"]);
+        let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
+        assert!(p.secrets.is_empty(), "the copy waits for its references");
+        assert_eq!(p.service_accounts.len(), 1);
+        assert_eq!(p.service_accounts[0].secret, "old-name");
+        let mut obj = serde_json::to_value(referencing_both().object()).unwrap();
+        json_patch::patch(&mut obj, &p.service_accounts[0].patch).unwrap();
+        assert_eq!(
+            obj["imagePullSecrets"],
+            serde_json::json!([{"name": "theirs"}, {"name": "regcred"}])
+        );
+        assert_eq!(obj["metadata"]["annotations"][ADDED_ANNOTATION], "regcred");
+    }
+
+    #[test]
+    fn an_old_name_another_resource_claims_keeps_its_reference() {
+        let mut old = ours("a", PAYLOAD);
+        old.metadata.name = Some("old-name".into());
+        let c = Cluster::new(&["a"]).with_secret(old).with_sa(
+            sa("a", "default")
+                .pull_secrets(&["old-name"])
+                .annotation(ADDED_ANNOTATION, "old-name")
+                .build(),
+        );
+        let sel = selection(&["default"]);
+        let theirs = selection(&["default"]);
+        let claims = [Claim {
+            resource: "other",
+            secret_name: "old-name",
+            selection: &theirs,
+            older: false,
+        }];
+        let p = plan(&desired(&sel, Some(PAYLOAD)), &claims, &c.world());
+        assert!(p.service_accounts.iter().all(|w| w.secret != "old-name"));
+        assert!(
+            p.secrets
+                .iter()
+                .any(|w| matches!(w, SecretWrite::Delete { name, .. } if name == "old-name")),
+            "the orphan copy goes, so the other resource can write its own"
+        );
     }
 
     #[test]

@@ -357,6 +357,36 @@ async fn deselected_namespace_loses_secret_and_only_our_reference() {
 }
 
 #[tokio::test]
+async fn renaming_the_secret_moves_the_copy_and_the_reference() {
+    let h = Harness::start_with(|s| {
+        seed_dockerhub(s);
+        namespace(s, "a", json!({}));
+        service_account(s, "a", "default", &["keep-me"]);
+    })
+    .await;
+    h.server
+        .create(
+            &Resource::CLUSTER_PULL_SECRETS,
+            None,
+            cluster_pull_secret("company", dockerhub_spec()),
+        )
+        .unwrap();
+    wait_for("synced", T, || synced(&h, "a")).await;
+    let mut cps = h.cps("company").unwrap();
+    cps["spec"]["secretName"] = json!("pull");
+    h.server
+        .update(&Resource::CLUSTER_PULL_SECRETS, None, cps)
+        .unwrap();
+    wait_for("the old name retired", T, || {
+        h.secret("a", "regcred").is_none()
+            && h.secret("a", "pull").is_some()
+            && h.pull_secrets("a", "default") == ["keep-me", "pull"]
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn deleting_the_resource_removes_everything_it_added() {
     let h = Harness::start_with(|s| {
         seed_dockerhub(s);
