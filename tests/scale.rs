@@ -57,6 +57,8 @@ impl Controller {
                 "--leader-election=false",
                 "--metrics-addr",
                 "127.0.0.1:0",
+                "--webhook-addr",
+                "127.0.0.1:0",
                 "--namespace",
                 CONTROLLER_NS,
             ])
