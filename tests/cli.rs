@@ -43,6 +43,7 @@ fn run(args: &[&str]) -> Option<(bool, String)> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
+    let _ = child.wait();
     None
 }
 

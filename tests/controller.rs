@@ -155,13 +155,7 @@ async fn foreign_secret_is_never_touched_and_reported_as_conflict() {
         .unwrap();
     })
     .await;
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("company", dockerhub_spec()),
-        )
-        .unwrap();
+    h.create_resource("company", dockerhub_spec());
     wait_for("conflict on status", T, || {
         h.cps("company")
             .map(|c| c.pointer("/status/namespaces/conflicting") == Some(&json!(1)))
@@ -215,13 +209,7 @@ async fn concurrent_sa_writer_loses_no_entries() {
     h.server
         .update(&Resource::SERVICE_ACCOUNTS, Some("busy"), sa)
         .unwrap();
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("company", dockerhub_spec()),
-        )
-        .unwrap();
+    h.create_resource("company", dockerhub_spec());
     wait_for("reference added", T, || {
         h.pull_secrets("busy", "default")
             .contains(&"regcred".to_string())
@@ -302,13 +290,7 @@ async fn terminating_namespace_is_skipped() {
         namespace_with_default_sa(s, "alive", json!({}));
     })
     .await;
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("company", dockerhub_spec()),
-        )
-        .unwrap();
+    h.create_resource("company", dockerhub_spec());
     wait_for("alive synced", T, || synced(&h, "alive")).await;
     wait_for("Ready", T, || {
         h.condition("company", "Ready").map(|c| c.0) == Some("True".into())
@@ -338,13 +320,7 @@ async fn deselected_namespace_loses_secret_and_only_our_reference() {
         service_account(s, "a", "default", &["keep-me"]);
     })
     .await;
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("company", spec),
-        )
-        .unwrap();
+    h.create_resource("company", spec);
     wait_for("synced", T, || synced(&h, "a")).await;
     let mut ns = h.server.get(&Resource::NAMESPACES, None, "a").unwrap();
     ns["metadata"]["labels"] = json!({"pull": "no"});
@@ -364,13 +340,7 @@ async fn renaming_the_secret_moves_the_copy_and_the_reference() {
         service_account(s, "a", "default", &["keep-me"]);
     })
     .await;
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("company", dockerhub_spec()),
-        )
-        .unwrap();
+    h.create_resource("company", dockerhub_spec());
     wait_for("synced", T, || synced(&h, "a")).await;
     let mut cps = h.cps("company").unwrap();
     cps["spec"]["secretName"] = json!("pull");
@@ -397,13 +367,7 @@ async fn deleting_the_resource_removes_everything_it_added() {
     .await;
     let mut spec = dockerhub_spec();
     spec["serviceAccounts"] = json!(["*"]);
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("company", spec),
-        )
-        .unwrap();
+    h.create_resource("company", spec);
     wait_for("synced", T, || {
         synced(&h, "a") && h.pull_secrets("a", "builder") == ["regcred"]
     })
@@ -437,13 +401,7 @@ async fn older_resource_wins_a_shared_secret_name() {
     let h = with_dockerhub(dockerhub_spec(), &["a"]).await;
     wait_for("synced", T, || synced(&h, "a")).await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // creation timestamps have second precision
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("younger", dockerhub_spec()),
-        )
-        .unwrap();
+    h.create_resource("younger", dockerhub_spec());
     wait_for("younger reports the conflict", T, || {
         h.cps("younger")
             .and_then(|c| c.pointer("/status/conflicts").cloned())
@@ -504,13 +462,7 @@ async fn invalid_resource_changes_nothing_already_distributed() {
 #[tokio::test]
 async fn missing_source_secret_sets_ready_false_with_its_name() {
     let h = Harness::start_with(|s| namespace_with_default_sa(s, "a", json!({}))).await;
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("company", dockerhub_spec()),
-        )
-        .unwrap();
+    h.create_resource("company", dockerhub_spec());
     wait_for("Ready=False", T, || {
         h.condition("company", "Ready").map(|c| c.0) == Some("False".into())
     })

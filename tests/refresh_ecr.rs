@@ -9,7 +9,6 @@ mod support;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use regbridge_standin::Resource;
 use serde_json::{Value, json};
 use support::*;
 
@@ -60,13 +59,7 @@ async fn per_tenant_ecr_credential_is_minted_once_clamped_and_distributed() {
         }}],
         "namespaces": {"include": ["team-a"]}
     });
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("team-a-ecr", spec),
-        )
-        .unwrap();
+    h.create_resource("team-a-ecr", spec);
     wait_for("ECR credential distributed", T, || {
         h.secret("team-a", "ecr-pull").is_some()
     })

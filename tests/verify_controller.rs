@@ -56,13 +56,7 @@ async fn enforce_keeps_a_rejected_credential_out_of_every_namespace() {
         "secretName": "regcred",
         "credentials": [{"static": {"secretRef": {"namespace": CONTROLLER_NS, "name": "registry"}}}],
     });
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("company", spec),
-        )
-        .unwrap();
+    h.create_resource("company", spec);
     let password_in_a = |h: &Harness| {
         h.secret("a", "regcred").map(|s| {
             docker_config(&s)["auths"][&server]["password"]

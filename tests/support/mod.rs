@@ -95,6 +95,17 @@ impl Harness {
         }
     }
 
+    /// Creates the ClusterPullSecret `name` with `spec`.
+    pub fn create_resource(&self, name: &str, spec: Value) {
+        self.server
+            .create(
+                &Resource::CLUSTER_PULL_SECRETS,
+                None,
+                cluster_pull_secret(name, spec),
+            )
+            .expect("the ClusterPullSecret is created");
+    }
+
     pub fn secret(&self, ns: &str, name: &str) -> Option<Value> {
         self.server.get(&Resource::SECRETS, Some(ns), name)
     }
@@ -186,13 +197,7 @@ pub async fn with_dockerhub(spec: Value, namespaces: &[&str]) -> Harness {
         }
     })
     .await;
-    h.server
-        .create(
-            &Resource::CLUSTER_PULL_SECRETS,
-            None,
-            cluster_pull_secret("company", spec),
-        )
-        .unwrap();
+    h.create_resource("company", spec);
     h
 }
 
