@@ -98,86 +98,130 @@ async fn a_certificate_near_expiry_is_renewed_once() {
     );
 }
 
-#[tokio::test]
-async fn https_round_trip_returns_a_patch() {
-    let bundle = webhook_tls::generate(
-        &["127.0.0.1".to_owned(), "localhost".to_owned()],
-        Utc::now(),
-        Duration::days(2),
-    )
-    .unwrap();
-    let resolver = Arc::new(CertResolver::new(&bundle.cert_pem, &bundle.key_pem).unwrap());
-    let tls = Arc::new(resolver.server_config().unwrap());
+fn resource(name: &str, service_accounts: &[&str], include: &[&str]) -> ClusterPullSecret {
+    let mut spec = ClusterPullSecretSpec {
+        secret_name: None,
+        credentials: vec![],
+        namespaces: Default::default(),
+        service_accounts: service_accounts.iter().map(|s| s.to_string()).collect(),
+        refresh_before: None,
+        verify: Default::default(),
+    };
+    spec.namespaces.include = include.iter().map(|s| s.to_string()).collect();
+    ClusterPullSecret::new(name, spec)
+}
 
-    let (store, mut writer) = reflector::store::<ClusterPullSecret>();
-    let cps = ClusterPullSecret::new(
-        "regcred",
-        ClusterPullSecretSpec {
-            secret_name: None,
-            credentials: vec![],
-            namespaces: Default::default(),
-            service_accounts: vec!["default".into()],
-            refresh_before: None,
-            verify: Default::default(),
-        },
-    );
-    writer.apply_watcher_event(&watcher::Event::Apply(cps));
-    let namespaces: Index<NamespaceView> = Index::default();
-    namespaces.apply(&watcher::Event::Apply(Namespace {
+fn add_namespace(index: &Index<NamespaceView>, name: &str) {
+    index.apply(&watcher::Event::Apply(Namespace {
         metadata: kube::api::ObjectMeta {
-            name: Some("team-a".into()),
+            name: Some(name.into()),
             ..Default::default()
         },
         ..Default::default()
     }));
-    namespaces.apply(&watcher::Event::<Namespace>::InitDone);
+}
+
+/// A synced namespace index holding `names`.
+fn namespace_index<I: IntoIterator<Item = String>>(names: I) -> Index<NamespaceView> {
+    let index: Index<NamespaceView> = Index::default();
+    for name in names {
+        add_namespace(&index, &name);
+    }
+    index.apply(&watcher::Event::<Namespace>::InitDone);
+    index
+}
+
+fn webhook(
+    resources: impl IntoIterator<Item = ClusterPullSecret>,
+    namespaces: Index<NamespaceView>,
+) -> (
+    Webhook,
+    Arc<Metrics>,
+    reflector::store::Writer<ClusterPullSecret>,
+) {
+    let (store, mut writer) = reflector::store::<ClusterPullSecret>();
+    for r in resources {
+        writer.apply_watcher_event(&watcher::Event::Apply(r));
+    }
     let metrics = Arc::new(Metrics::default());
-    let hook = Arc::new(Webhook::new(
+    let hook = Webhook::new(
         store,
         namespaces,
         Arc::new(AtomicBool::new(true)),
         metrics.clone(),
-    ));
+    );
+    (hook, metrics, writer)
+}
 
+/// Serves `hook` over HTTPS on a loopback port until `stop` completes;
+/// returns its URL and a client trusting its CA.
+async fn serve_https(
+    hook: Webhook,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (String, reqwest::Client) {
+    let bundle =
+        webhook_tls::generate(&["localhost".to_owned()], Utc::now(), Duration::days(2)).unwrap();
+    let resolver = Arc::new(CertResolver::new(&bundle.cert_pem, &bundle.key_pem).unwrap());
+    let tls = Arc::new(resolver.server_config().unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(webhook::serve(
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(webhook::serve(
         listener,
         tls,
-        webhook::router(hook),
-        async {
-            let _ = stopped.await;
-        },
+        webhook::router(Arc::new(hook)),
+        stop,
     ));
-
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(bundle.ca_pem.as_bytes()).unwrap())
         .build()
         .unwrap();
-    let review = json!({
+    (format!("https://localhost:{port}{}", webhook::PATH), client)
+}
+
+/// An AdmissionReview of a CREATE, as the API server sends it.
+fn create_review(uid: &str, kind: &str, resource: &str, object: Value) -> Value {
+    json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "request": {
-            "uid": "3b2e6c1a-0d4f-4a57-9a39-2f7f0c6a1e11",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "team-a",
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "resource": {"group": "", "version": "v1", "resource": resource},
+            "namespace": object["metadata"]["namespace"],
+            "name": object["metadata"]["name"].as_str().unwrap_or(""),
             "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"generateName": "web-", "namespace": "team-a"},
-                "spec": {
-                    "containers": [{"name": "web", "image": "registry.example/web:1"}],
-                    "imagePullSecrets": [{"name": "theirs"}]
-                }
-            },
+            "userInfo": {"username": "admin"},
+            "object": object,
             "dryRun": false
         }
-    });
-    let url = format!("https://localhost:{}{}", addr.port(), webhook::PATH);
+    })
+}
+
+#[tokio::test]
+async fn https_round_trip_returns_a_patch() {
+    let (hook, metrics, _writer) = webhook(
+        [resource("regcred", &["default"], &[])],
+        namespace_index(["team-a".to_string()]),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (url, client) = serve_https(hook, async {
+        let _ = stopped.await;
+    })
+    .await;
+    let review = create_review(
+        "3b2e6c1a-0d4f-4a57-9a39-2f7f0c6a1e11",
+        "Pod",
+        "pods",
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"generateName": "web-", "namespace": "team-a"},
+            "spec": {
+                "containers": [{"name": "web", "image": "registry.example/web:1"}],
+                "imagePullSecrets": [{"name": "theirs"}]
+            }
+        }),
+    );
     let response: Value = client
         .post(&url)
         .json(&review)
@@ -212,56 +256,27 @@ async fn https_round_trip_returns_a_patch() {
         "{text}"
     );
     let _ = stop.send(());
-    let _ = server.await;
+}
+
+fn service_account_review(uid: &str, namespace: &str) -> Value {
+    create_review(
+        uid,
+        "ServiceAccount",
+        "serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "default", "namespace": namespace}}),
+    )
 }
 
 #[tokio::test]
 async fn a_namespace_that_reaches_the_cache_a_moment_late_still_gets_the_patch() {
-    let (store, mut writer) = reflector::store::<ClusterPullSecret>();
-    writer.apply_watcher_event(&watcher::Event::Apply(ClusterPullSecret::new(
-        "regcred",
-        ClusterPullSecretSpec {
-            secret_name: None,
-            credentials: vec![],
-            namespaces: Default::default(),
-            service_accounts: vec!["default".into()],
-            refresh_before: None,
-            verify: Default::default(),
-        },
-    )));
-    let namespaces: Index<NamespaceView> = Index::default();
-    namespaces.apply(&watcher::Event::<Namespace>::InitDone);
-    let hook = Webhook::new(
-        store,
-        namespaces.clone(),
-        Arc::new(AtomicBool::new(true)),
-        Arc::new(Metrics::default()),
-    );
+    let namespaces = namespace_index([]);
+    let (hook, _, _writer) = webhook([resource("regcred", &["default"], &[])], namespaces.clone());
     let late = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        namespaces.apply(&watcher::Event::Apply(Namespace {
-            metadata: kube::api::ObjectMeta {
-                name: Some("fresh".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        }));
+        add_namespace(&namespaces, "fresh");
     });
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "u-1",
-            "kind": {"group": "", "version": "v1", "kind": "ServiceAccount"},
-            "resource": {"group": "", "version": "v1", "resource": "serviceaccounts"},
-            "namespace": "fresh",
-            "name": "default",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:service-account-controller"},
-            "object": {"apiVersion": "v1", "kind": "ServiceAccount",
-                       "metadata": {"name": "default", "namespace": "fresh"}}
-        }
-    });
+    let review = service_account_review("u-1", "fresh");
     let out = hook.review(&serde_json::to_vec(&review).unwrap()).await;
     late.await.unwrap();
     let response = out.response.expect("a response");
@@ -278,57 +293,16 @@ async fn a_namespace_that_reaches_the_cache_a_moment_late_still_gets_the_patch()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn admission_latency_at_100_per_second() {
-    let bundle =
-        webhook_tls::generate(&["localhost".to_owned()], Utc::now(), Duration::days(2)).unwrap();
-    let resolver = Arc::new(CertResolver::new(&bundle.cert_pem, &bundle.key_pem).unwrap());
-    let tls = Arc::new(resolver.server_config().unwrap());
-    let (store, mut writer) = reflector::store::<ClusterPullSecret>();
-    for i in 0..20 {
-        let mut spec = ClusterPullSecretSpec {
-            secret_name: None,
-            credentials: vec![],
-            namespaces: Default::default(),
-            service_accounts: vec!["default".into(), format!("sa-{i}-*")],
-            refresh_before: None,
-            verify: Default::default(),
-        };
-        spec.namespaces.include = vec![format!("team-{i}*"), "shared-*".into()];
-        writer.apply_watcher_event(&watcher::Event::Apply(ClusterPullSecret::new(
+    let resources = (0..20).map(|i| {
+        resource(
             &format!("cps-{i}"),
-            spec,
-        )));
-    }
-    let namespaces: Index<NamespaceView> = Index::default();
-    for i in 0..1000 {
-        namespaces.apply(&watcher::Event::Apply(Namespace {
-            metadata: kube::api::ObjectMeta {
-                name: Some(format!("team-{}-{i}", i % 20)),
-                ..Default::default()
-            },
-            ..Default::default()
-        }));
-    }
-    namespaces.apply(&watcher::Event::<Namespace>::InitDone);
-    let metrics = Arc::new(Metrics::default());
-    let hook = Arc::new(Webhook::new(
-        store,
-        namespaces,
-        Arc::new(AtomicBool::new(true)),
-        metrics.clone(),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(webhook::serve(
-        listener,
-        tls,
-        webhook::router(hook),
-        std::future::pending(),
-    ));
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(bundle.ca_pem.as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    let url = format!("https://localhost:{port}{}", webhook::PATH);
+            &["default", &format!("sa-{i}-*")],
+            &[&format!("team-{i}*"), "shared-*"],
+        )
+    });
+    let namespaces = namespace_index((0..1000).map(|i| format!("team-{}-{i}", i % 20)));
+    let (hook, metrics, _writer) = webhook(resources, namespaces);
+    let (url, client) = serve_https(hook, std::future::pending()).await;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
     let mut tasks = Vec::new();
     for i in 0..1000 {
@@ -336,21 +310,14 @@ async fn admission_latency_at_100_per_second() {
         let (client, url) = (client.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             let ns = format!("team-{}-{i}", i % 20);
-            let review = json!({
-                "apiVersion": "admission.k8s.io/v1",
-                "kind": "AdmissionReview",
-                "request": {
-                    "uid": format!("u-{i}"),
-                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"},
-                    "namespace": ns,
-                    "operation": "CREATE",
-                    "userInfo": {"username": "bench"},
-                    "object": {"apiVersion": "v1", "kind": "Pod",
-                               "metadata": {"name": format!("p-{i}"), "namespace": ns},
-                               "spec": {"containers": [{"name": "c", "image": "x"}]}}
-                }
-            });
+            let review = create_review(
+                &format!("u-{i}"),
+                "Pod",
+                "pods",
+                json!({"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": format!("p-{i}"), "namespace": ns},
+                       "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+            );
             let started = std::time::Instant::now();
             let r = client.post(&url).json(&review).send().await.unwrap();
             assert!(r.status().is_success());
@@ -389,59 +356,23 @@ async fn admission_latency_at_100_per_second() {
 
 #[tokio::test]
 async fn a_changed_resource_is_compiled_again() {
-    let cps = |sas: &[&str]| {
-        ClusterPullSecret::new(
-            "regcred",
-            ClusterPullSecretSpec {
-                secret_name: None,
-                credentials: vec![],
-                namespaces: Default::default(),
-                service_accounts: sas.iter().map(|s| s.to_string()).collect(),
-                refresh_before: None,
-                verify: Default::default(),
-            },
-        )
-    };
-    let (store, mut writer) = reflector::store::<ClusterPullSecret>();
-    writer.apply_watcher_event(&watcher::Event::Apply(cps(&["default"])));
-    let namespaces: Index<NamespaceView> = Index::default();
-    namespaces.apply(&watcher::Event::Apply(Namespace {
-        metadata: kube::api::ObjectMeta {
-            name: Some("team-a".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    }));
-    namespaces.apply(&watcher::Event::<Namespace>::InitDone);
-    let hook = Webhook::new(
-        store,
-        namespaces,
-        Arc::new(AtomicBool::new(true)),
-        Arc::new(Metrics::default()),
+    let (hook, _, mut writer) = webhook(
+        [resource("regcred", &["default"], &[])],
+        namespace_index(["team-a".to_string()]),
     );
-    let review = serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "u-2",
-            "kind": {"group": "", "version": "v1", "kind": "ServiceAccount"},
-            "resource": {"group": "", "version": "v1", "resource": "serviceaccounts"},
-            "namespace": "team-a",
-            "name": "default",
-            "operation": "CREATE",
-            "userInfo": {"username": "admin"},
-            "object": {"apiVersion": "v1", "kind": "ServiceAccount",
-                       "metadata": {"name": "default", "namespace": "team-a"}}
-        }
-    }))
-    .unwrap();
+    let review = serde_json::to_vec(&service_account_review("u-2", "team-a")).unwrap();
     let patched = |out: kube::core::admission::AdmissionReview<kube::core::DynamicObject>| {
         out.response.unwrap().patch.is_some()
     };
     assert!(patched(hook.review(&review).await));
-    writer.apply_watcher_event(&watcher::Event::Apply(cps(&["builder"])));
+    let builder = resource("regcred", &["builder"], &[]);
+    writer.apply_watcher_event(&watcher::Event::Apply(builder.clone()));
     assert!(!patched(hook.review(&review).await), "selects builder now");
-    writer.apply_watcher_event(&watcher::Event::Delete(cps(&["builder"])));
-    writer.apply_watcher_event(&watcher::Event::Apply(cps(&["default"])));
+    writer.apply_watcher_event(&watcher::Event::Delete(builder));
+    writer.apply_watcher_event(&watcher::Event::Apply(resource(
+        "regcred",
+        &["default"],
+        &[],
+    )));
     assert!(patched(hook.review(&review).await));
 }
