@@ -790,6 +790,30 @@ pub fn error_policy(cps: Arc<ClusterPullSecret>, error: &Error, ctx: Arc<Context
     Action::requeue(backoff(*n))
 }
 
+/// What the watch helpers below accept: a statically typed Kubernetes
+/// type they can decode, log and share across tasks.
+pub(crate) trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A watch whose progress and errors feed readiness and metrics, and which
 /// backs off and recovers on its own (410 Gone included: the watcher
 /// relists).
@@ -801,13 +825,7 @@ pub(crate) fn watched<K>(
     metrics: &Arc<Metrics>,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     health.register(name);
     let (health, metrics) = (health.clone(), metrics.clone());
@@ -845,13 +863,7 @@ pub(crate) fn cached<K>(
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 )
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let (store, writer) = reflector::store();
     let stream = watched(name, api, watcher::Config::default(), health, metrics)
@@ -872,13 +884,7 @@ pub(crate) fn indexed<K, V>(
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 )
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     V: Send + Sync + 'static,
     for<'a> V: From<&'a K>,
 {
