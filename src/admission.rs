@@ -7,6 +7,7 @@
 //! unchanged: the controller's watch still catches up afterwards.
 
 use std::borrow::Borrow;
+use std::sync::Arc;
 
 use json_patch::{Patch, PatchOperation};
 use kube::core::DynamicObject;
@@ -23,19 +24,18 @@ use crate::serviceaccount_patch::{add_references, added_by_us, append_to_list, r
 #[derive(Debug)]
 pub struct Target {
     pub secret_name: String,
-    pub selection: Selection,
+    pub selection: Arc<Selection>,
 }
 
 impl Target {
-    /// `None` for a resource being deleted or whose spec does not compile:
-    /// neither gets new references.
-    pub fn compile(resource: &ClusterPullSecret) -> Option<Self> {
+    /// `None` for a resource being deleted: it gets no new references.
+    pub fn of(resource: &ClusterPullSecret, selection: Arc<Selection>) -> Option<Self> {
         if resource.metadata.deletion_timestamp.is_some() {
             return None;
         }
         Some(Self {
             secret_name: resource.secret_name(),
-            selection: Selection::compile(&resource.spec).ok()?,
+            selection,
         })
     }
 }
@@ -286,7 +286,7 @@ mod tests {
         };
         Target {
             secret_name: secret.into(),
-            selection: Selection::compile(&spec).unwrap(),
+            selection: Arc::new(Selection::compile(&spec).unwrap()),
         }
     }
 
@@ -663,11 +663,15 @@ mod tests {
                 verify: Default::default(),
             },
         );
-        assert_eq!(Target::compile(&cps).unwrap().secret_name, "regcred");
+        let selection = Arc::new(Selection::compile(&cps.spec).unwrap());
+        assert_eq!(
+            Target::of(&cps, selection.clone()).unwrap().secret_name,
+            "regcred"
+        );
         cps.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::now(),
             ));
-        assert!(Target::compile(&cps).is_none());
+        assert!(Target::of(&cps, selection).is_none());
     }
 }

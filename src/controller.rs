@@ -36,6 +36,7 @@ use crate::metrics::{Metrics, NamespaceLabels, ReconcileLabels, RefreshLabels, R
 use crate::pull_feedback::{FIELD_SELECTOR, PullFeedback, feedback};
 use crate::refresh::{backoff, parse_duration};
 use crate::selection::Selection;
+use crate::selection_cache::SelectionCache;
 use crate::status::{self, Observation, Verdict};
 
 /// A namespace found to hold a foreign Secret is looked at again after this.
@@ -108,6 +109,9 @@ pub struct Context {
     pub(crate) pull_feedback: PullFeedback,
     state: Mutex<HashMap<String, Arc<tokio::sync::Mutex<ResourceState>>>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Every resource's compiled selection, for its rivals' reconciles and
+    /// for pull-failure Events.
+    pub(crate) selections: SelectionCache,
     /// Tells every resource to reconcile (a deleted resource may hand
     /// namespaces over to a younger one).
     reconcile_all: tokio::sync::mpsc::UnboundedSender<()>,
@@ -303,17 +307,15 @@ fn snapshot(stores: &Stores) -> Snapshot {
 fn rival_selections(
     ctx: &Context,
     me: &ClusterPullSecret,
-) -> Vec<(String, String, Selection, bool)> {
+) -> Vec<(String, String, Arc<Selection>, bool)> {
     let mine = created_key(me);
-    ctx.stores
-        .resources
-        .state()
+    let resources = ctx.stores.resources.state();
+    let selections = ctx.selections.selections(&resources);
+    resources
         .iter()
-        .filter(|o| o.uid() != me.uid() && o.metadata.deletion_timestamp.is_none())
-        .filter_map(|o| {
-            let sel = Selection::compile(&o.spec).ok()?;
-            Some((o.name_any(), o.secret_name(), sel, created_key(o) < mine))
-        })
+        .zip(selections)
+        .filter(|(o, _)| o.uid() != me.uid() && o.metadata.deletion_timestamp.is_none())
+        .filter_map(|(o, sel)| Some((o.name_any(), o.secret_name(), sel?, created_key(o) < mine)))
         .collect()
 }
 
@@ -974,6 +976,7 @@ pub async fn run(
         pull_feedback: PullFeedback::default(),
         state: Mutex::default(),
         failures: Mutex::default(),
+        selections: SelectionCache::default(),
         reconcile_all: trigger_all,
     });
     // Only the kubelet's pull failures, selected by the server: no Event

@@ -21,6 +21,7 @@ pub mod pull_failures;
 pub mod pull_feedback;
 pub mod refresh;
 pub mod selection;
+pub mod selection_cache;
 pub mod serviceaccount_patch;
 pub mod status;
 pub mod telemetry;

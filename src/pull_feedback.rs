@@ -20,7 +20,6 @@ use crate::crd::{ClusterPullSecret, PullFailureStatus};
 use crate::pull_failures::{
     PULL_FAILURES_CAP, PullEvent, PullFailureLog, RemintGate, ResourceView, attribute, event_time,
 };
-use crate::selection::Selection;
 
 /// The kubelet's "Failed to pull image" Events.
 pub const FIELD_SELECTOR: &str = "involvedObject.kind=Pod,type=Warning,reason=Failed";
@@ -68,12 +67,14 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
     );
     let ns_view = ctx.stores.namespaces.get("", &namespace);
     let resources = ctx.stores.resources.state();
+    let selections = ctx.selections.selections(&resources);
     let keys: Vec<(String, bool, Vec<String>)> = resources
         .iter()
-        .filter(|r| r.metadata.deletion_timestamp.is_none())
-        .map(|r| {
-            let selects = match (Selection::compile(&r.spec), &ns_view) {
-                (Ok(sel), Some(ns)) => sel.selects_namespace(ns),
+        .zip(selections)
+        .filter(|(r, _)| r.metadata.deletion_timestamp.is_none())
+        .map(|(r, selection)| {
+            let selects = match (selection, &ns_view) {
+                (Some(sel), Some(ns)) => sel.selects_namespace(ns),
                 _ => false,
             };
             let hosts = r

@@ -2,10 +2,9 @@
 //! or not, from its own small caches (the `ClusterPullSecret`s and a compact
 //! namespace index); the decisions themselves are in [`crate::admission`].
 
-use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -18,12 +17,12 @@ use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
 use kube::api::Api;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tracing::{debug, info, warn};
@@ -33,6 +32,7 @@ use crate::crd::ClusterPullSecret;
 use crate::health::Health;
 use crate::index::{Index, NamespaceView};
 use crate::metrics::{AdmissionLabels, Metrics};
+use crate::selection_cache::SelectionCache;
 use crate::webhook_tls::{self, CertResolver};
 
 /// The path the `MutatingWebhookConfiguration` posts to.
@@ -52,19 +52,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// can empty the field, so a replica must notice either within a minute.
 const CA_BUNDLE_RECHECK: Duration = Duration::from_secs(60);
 
-/// What a compiled selection was compiled from.
-type CompiledFrom = (Option<String>, bool, crate::crd::ClusterPullSecretSpec);
-
-/// Compiled selections, by resource name, kept while the resource stays the
-/// same: compiling globs on every admission would dominate its latency.
-#[derive(Default)]
-struct Compiled {
-    by_name: HashMap<String, (CompiledFrom, Option<Arc<Target>>)>,
-}
-
 /// What the handler reads: the caches and whether they have synced.
 pub struct Webhook {
-    compiled: Mutex<Compiled>,
+    selections: SelectionCache,
     resources: Store<ClusterPullSecret>,
     namespaces: Index<NamespaceView>,
     resources_synced: Arc<AtomicBool>,
@@ -79,7 +69,7 @@ impl Webhook {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            compiled: Mutex::default(),
+            selections: SelectionCache::default(),
             resources,
             namespaces,
             resources_synced,
@@ -106,34 +96,15 @@ impl Webhook {
         }
     }
 
-    /// Every resource's compiled selection, compiling only what changed.
-    fn targets(&self) -> Vec<Arc<Target>> {
+    /// Every live resource with its compiled selection.
+    fn targets(&self) -> Vec<Target> {
         let resources = self.resources.state();
-        let mut compiled = self.compiled.lock().expect("compiled lock");
-        let mut out = Vec::with_capacity(resources.len());
-        let mut seen = Vec::with_capacity(resources.len());
-        for r in &resources {
-            let name = r.name_any();
-            let from: CompiledFrom = (
-                r.resource_version(),
-                r.metadata.deletion_timestamp.is_some(),
-                r.spec.clone(),
-            );
-            let fresh = compiled
-                .by_name
-                .get(&name)
-                .is_some_and(|(was, _)| *was == from);
-            if !fresh {
-                let target = Target::compile(r).map(Arc::new);
-                compiled.by_name.insert(name.clone(), (from, target));
-            }
-            let entry = &compiled.by_name[&name];
-            if let Some(t) = &entry.1 {
-                out.push(t.clone());
-            }
-            seen.push(name);
-        }
-        compiled.by_name.retain(|name, _| seen.contains(name));
+        let selections = self.selections.selections(&resources);
+        let mut out: Vec<Target> = resources
+            .iter()
+            .zip(selections)
+            .filter_map(|(r, selection)| Target::of(r, selection?))
+            .collect();
         // The store's order is arbitrary; keep decisions deterministic.
         out.sort_by(|a, b| a.secret_name.cmp(&b.secret_name));
         out
