@@ -18,8 +18,10 @@
 //!
 //! Served: core/v1 namespaces, secrets, serviceaccounts (+ `/token`), configmaps,
 //! events; events.k8s.io/v1 events; coordination.k8s.io/v1 leases;
-//! apiextensions.k8s.io/v1 customresourcedefinitions and the custom resources of
-//! every CRD created (scope, status subresource, generation, structural schema).
+//! admissionregistration.k8s.io/v1 mutatingwebhookconfigurations (with the server's
+//! defaults and validation); apiextensions.k8s.io/v1 customresourcedefinitions and
+//! the custom resources of every CRD created (scope, status subresource, generation,
+//! structural schema).
 //! Lists and watches support label and field selectors, paging, resourceVersion
 //! semantics, bookmarks, streaming lists and metadata-only (`PartialObjectMetadata`)
 //! answers; writes support PUT, JSON/merge/strategic patches and server-side apply
@@ -39,6 +41,7 @@ mod selector;
 mod status;
 mod store;
 mod validate;
+mod webhook_config;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -70,6 +73,11 @@ impl Resource {
     pub const LEASES: Resource = Resource::borrowed("coordination.k8s.io", "v1", "leases");
     pub const CRDS: Resource =
         Resource::borrowed("apiextensions.k8s.io", "v1", "customresourcedefinitions");
+    pub const MUTATING_WEBHOOK_CONFIGURATIONS: Resource = Resource::borrowed(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+    );
     pub const CLUSTER_PULL_SECRETS: Resource =
         Resource::borrowed("regbridge.dev", "v1alpha1", "clusterpullsecrets");
 
@@ -459,6 +467,65 @@ mod tests {
         s.update(&Resource::SECRETS, Some("default"), current)
             .expect("update");
         assert!(s.get(&Resource::SECRETS, Some("default"), "f").is_none());
+    }
+
+    #[tokio::test]
+    async fn webhook_configuration_gets_server_defaults_and_validation() {
+        let s = StandIn::start().await;
+        let mwc = &Resource::MUTATING_WEBHOOK_CONFIGURATIONS;
+        let hook = json!({"name": "pods.regbridge.dev", "sideEffects": "None",
+            "admissionReviewVersions": ["v1"], "clientConfig": {"url": "https://127.0.0.1:9443/mutate"},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]});
+        let created = s
+            .create(
+                mwc,
+                None,
+                json!({"metadata": {"name": "regbridge"}, "webhooks": [hook]}),
+            )
+            .expect("create");
+        let h = &created["webhooks"][0];
+        assert_eq!(h["failurePolicy"], "Fail");
+        assert_eq!(h["timeoutSeconds"], 10);
+        assert_eq!(h["matchPolicy"], "Equivalent");
+        assert_eq!(h["namespaceSelector"], json!({}));
+        assert_eq!(h["objectSelector"], json!({}));
+        assert_eq!(h["reinvocationPolicy"], "Never");
+        assert_eq!(h["rules"][0]["scope"], "*");
+
+        let mut bad = hook.clone();
+        bad["sideEffects"] = Value::Null;
+        bad["clientConfig"] = json!({"url": "http://127.0.0.1:9443/mutate"});
+        bad["namespaceSelector"] = json!({"matchExpressions": [{"key": "a", "operator": "In"}]});
+        let err = s
+            .create(
+                mwc,
+                None,
+                json!({"metadata": {"name": "bad"}, "webhooks": [bad]}),
+            )
+            .expect_err("invalid");
+        assert_eq!(err.code, 422);
+        let fields: Vec<&str> = err.status["details"]["causes"]
+            .as_array()
+            .expect("causes")
+            .iter()
+            .filter_map(|c| c["field"].as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "webhooks[0].sideEffects",
+                "webhooks[0].namespaceSelector.matchExpressions[0].values",
+                "webhooks[0].clientConfig.url"
+            ]
+        );
+        let typed = s
+            .create(
+                mwc,
+                None,
+                json!({"metadata": {"name": "typed"}, "webhooks": [{"timeoutSeconds": "ten"}]}),
+            )
+            .expect_err("wrong type");
+        assert_eq!(typed.code, 400);
     }
 
     #[test]

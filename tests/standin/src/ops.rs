@@ -7,6 +7,7 @@ use crate::fields;
 use crate::status::{ApiError, success_deleted};
 use crate::store::{Key, State, TypeInfo, key_of, now, rv_of};
 use crate::validate::{self, default_core_event, event_to_core};
+use crate::webhook_config;
 
 /// Options of one write.
 #[derive(Debug, Clone, Default)]
@@ -184,6 +185,7 @@ fn apply_create_defaults(ti: &TypeInfo, obj: &mut Value) {
             obj["status"] = json!({"phase": "Active"});
         }
         "Event" => default_core_event(obj),
+        "MutatingWebhookConfiguration" => webhook_config::default(obj),
         "CustomResourceDefinition" => {
             if obj.pointer("/spec/names/listKind").is_none() {
                 let kind = obj
@@ -340,8 +342,10 @@ pub fn update(
             }
         }
     }
-    if ti.kind == "Event" {
-        default_core_event(&mut new);
+    match ti.kind.as_str() {
+        "Event" => default_core_event(&mut new),
+        "MutatingWebhookConfiguration" => webhook_config::default(&mut new),
+        _ => {}
     }
     if old.pointer("/metadata/deletionTimestamp").is_some() {
         let before: Vec<&Value> = old

@@ -142,6 +142,12 @@ impl State {
                 "CustomResourceDefinition",
                 false,
             ),
+            (
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                "MutatingWebhookConfiguration",
+                false,
+            ),
         ] {
             s.types.push(TypeInfo::builtin(g, p, k, n));
         }
