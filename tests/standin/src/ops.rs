@@ -83,16 +83,11 @@ pub fn decode_body(
     Ok((d.obj, d.warnings))
 }
 
-/// Creates an object from an already decoded body. `ns` is the URL namespace.
-pub fn create(
-    st: &mut State,
-    ti: &TypeInfo,
-    ns: Option<&str>,
-    mut obj: Value,
-    o: &WriteOpts,
-) -> Result<Value, ApiError> {
+/// Puts a decoded body in the URL namespace `ns` (none: cluster-scoped), refusing a
+/// body that names another.
+pub fn set_namespace(obj: &mut Value, ns: Option<&str>) -> Result<(), ApiError> {
     if let Some(ns) = ns {
-        let body_ns = meta_str(&obj, "namespace");
+        let body_ns = meta_str(obj, "namespace");
         if !body_ns.is_empty() && body_ns != ns {
             return Err(ApiError::bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request",
@@ -102,6 +97,18 @@ pub fn create(
     } else if let Some(m) = obj["metadata"].as_object_mut() {
         m.remove("namespace");
     }
+    Ok(())
+}
+
+/// Creates an object from an already decoded body. `ns` is the URL namespace.
+pub fn create(
+    st: &mut State,
+    ti: &TypeInfo,
+    ns: Option<&str>,
+    mut obj: Value,
+    o: &WriteOpts,
+) -> Result<Value, ApiError> {
+    set_namespace(&mut obj, ns)?;
     let generated = meta_str(&obj, "name").is_empty() && !meta_str(&obj, "generateName").is_empty();
     if generated {
         let name = format!("{}{}", meta_str(&obj, "generateName"), random_suffix(st));

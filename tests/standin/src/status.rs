@@ -191,6 +191,15 @@ impl ApiError {
     pub fn internal(message: &str) -> Self {
         Self::new(500, None, message, None)
     }
+    /// apimachinery's `NewInternalError`, which admission failures are wrapped in.
+    pub fn internal_error(err: &str) -> Self {
+        Self::new(
+            500,
+            Some("InternalError"),
+            &format!("Internal error occurred: {err}"),
+            Some(json!({"causes": [{"message": err}]})),
+        )
+    }
 }
 
 /// A `Status` of kind Success for a DELETE without finalizers.

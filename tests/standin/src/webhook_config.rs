@@ -1,13 +1,16 @@
 //! `admissionregistration.k8s.io/v1` MutatingWebhookConfiguration: the defaults and
-//! validation a real server applies when one is written.
+//! validation a real server applies when one is written, and the view the admission
+//! chain reads to decide which webhooks a request goes to.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::selector::LabelSelector;
 use crate::status::Cause;
+use crate::store::TypeInfo;
 use crate::validate::is_dns_subdomain;
 
 #[derive(Debug, Deserialize)]
@@ -308,4 +311,86 @@ fn review_version(versions: &[String]) -> Option<&str> {
         .iter()
         .map(String::as_str)
         .find(|v| *v == "v1" || *v == "v1beta1")
+}
+
+/// One webhook of a stored configuration, ready to be matched and called.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub configuration: String,
+    pub name: String,
+    pub client: ClientConfig,
+    rules: Vec<Rule>,
+    /// `failurePolicy: Ignore`: a failed call lets the request through.
+    pub ignore_failures: bool,
+    pub timeout: Duration,
+    namespace_selector: LabelSelector,
+    object_selector: LabelSelector,
+    /// `v1` or `v1beta1`: the AdmissionReview apiVersion to send.
+    pub review_version: String,
+}
+
+/// Every webhook of `configs` (stored, hence defaulted and valid), in the order a
+/// real server calls them: by configuration name, then as listed.
+pub fn webhooks(configs: &[Value]) -> Vec<Webhook> {
+    let mut out = Vec::new();
+    for cfg in configs
+        .iter()
+        .filter_map(|c| Configuration::deserialize(c).ok())
+    {
+        for h in cfg.webhooks {
+            let selector = |s: &Option<Value>| {
+                s.as_ref()
+                    .and_then(|s| LabelSelector::from_json(s, "").ok())
+                    .unwrap_or_default()
+            };
+            out.push(Webhook {
+                configuration: cfg.metadata.name.clone(),
+                namespace_selector: selector(&h.namespace_selector),
+                object_selector: selector(&h.object_selector),
+                review_version: review_version(&h.admission_review_versions)
+                    .unwrap_or("v1")
+                    .to_string(),
+                name: h.name,
+                client: h.client_config,
+                rules: h.rules,
+                ignore_failures: h.failure_policy.as_deref() == Some("Ignore"),
+                timeout: Duration::from_secs(h.timeout_seconds.unwrap_or(10).clamp(1, 30) as u64),
+            });
+        }
+    }
+    out
+}
+
+impl Webhook {
+    /// Does any rule cover `operation` on this type? A resource entry `x/y` names
+    /// subresource `y` of `x`; `*` stands for any, and `x/*` covers `x` itself.
+    pub fn covers(&self, operation: &str, ti: &TypeInfo) -> bool {
+        let listed = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
+        self.rules.iter().any(|r| {
+            let resource = r.resources.iter().any(|entry| {
+                let (res, sub) = entry.split_once('/').unwrap_or((entry, ""));
+                (res == "*" || res == ti.plural) && (sub == "*" || sub.is_empty())
+            });
+            let scope = match r.scope.as_deref() {
+                Some("Namespaced") => ti.namespaced,
+                Some("Cluster") => !ti.namespaced,
+                _ => true,
+            };
+            listed(&r.operations, operation)
+                && listed(&r.api_groups, &ti.group)
+                && listed(&r.api_versions, &ti.version)
+                && resource
+                && scope
+        })
+    }
+
+    /// Does `namespaceSelector` select the request's namespace object?
+    pub fn selects_namespace(&self, namespace: &Value) -> bool {
+        self.namespace_selector.matches(namespace)
+    }
+
+    /// Does `objectSelector` select the new object or, on UPDATE, the old one?
+    pub fn selects_object(&self, obj: &Value, old: Option<&Value>) -> bool {
+        self.object_selector.matches(obj) || old.is_some_and(|o| self.object_selector.matches(o))
+    }
 }
