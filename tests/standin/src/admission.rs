@@ -1,7 +1,7 @@
 //! Mutating admission: what a create or update passes through between decoding
 //! (with patch application) and validation, in kube-apiserver's order: namespace
-//! lifecycle, then the webhooks of every MutatingWebhookConfiguration, by
-//! configuration name and then as listed. The
+//! lifecycle, the built-in ServiceAccount plugin, then the webhooks of every
+//! MutatingWebhookConfiguration, by configuration name and then as listed. The
 //! dispatch follows the real `mutating/dispatcher.go`: call failures (transport,
 //! timeout, non-2xx, an answer that is not believed) obey `failurePolicy`; a denial
 //! is returned whatever the policy; a patch that does not apply fails the write with
@@ -29,6 +29,7 @@ use crate::admission_review::{self, Verdict};
 use crate::http::{Shared, present_for};
 use crate::ops::{self, WriteOpts};
 use crate::patch;
+use crate::service_account_admission;
 use crate::status::{ApiError, qualified};
 use crate::store::TypeInfo;
 use crate::webhook_config::{self, Webhook};
@@ -108,6 +109,7 @@ pub async fn admit(sh: &Shared, a: &Attributes<'_>, obj: Value) -> Result<Value,
         if a.operation == Operation::Create {
             ops::check_namespace(&st, a.ti, a.namespace, a.name)?;
         }
+        let obj = service_account_admission::admit(&st, a, obj)?;
         let storage = qualified(
             "mutatingwebhookconfigurations",
             "admissionregistration.k8s.io",

@@ -26,9 +26,11 @@
 //! semantics, bookmarks, streaming lists and metadata-only (`PartialObjectMetadata`)
 //! answers; writes support PUT, JSON/merge/strategic patches and server-side apply
 //! with managedFields conflicts. Creates and updates of namespaced objects go
-//! through mutating admission as on a real server: every matching webhook of the
-//! MutatingWebhookConfigurations is called over HTTPS with an AdmissionReview (what
-//! is left out is listed in `admission.rs`). The behaviour is checked against a corpus
+//! through mutating admission as on a real server: the built-in ServiceAccount
+//! plugin for pods (the `default` ServiceAccount, a 403 when it is missing, its
+//! `imagePullSecrets`), then every matching webhook of the
+//! MutatingWebhookConfigurations, called over HTTPS with an AdmissionReview (what is
+//! left out is listed in `admission.rs`). The behaviour is checked against a corpus
 //! recorded from kube-apiserver 1.36 by `tests/conformance.rs`.
 //!
 //! Test hooks: [`StandIn::inject_fault`], [`StandIn::expire_watches`],
@@ -45,6 +47,7 @@ mod http;
 mod ops;
 mod patch;
 mod selector;
+mod service_account_admission;
 mod status;
 mod store;
 mod validate;

@@ -200,6 +200,21 @@ impl ApiError {
             Some(json!({"causes": [{"message": err}]})),
         )
     }
+    /// apimachinery's `NewForbidden`, as admission plugins refuse a request.
+    pub fn forbidden(plural: &str, group: &str, name: &str, err: &str) -> Self {
+        let what = qualified(plural, group);
+        let msg = if name.is_empty() {
+            format!("{what} is forbidden: {err}")
+        } else {
+            format!("{what} \"{name}\" is forbidden: {err}")
+        };
+        Self::new(
+            403,
+            Some("Forbidden"),
+            &msg,
+            Some(details(name, group, plural)),
+        )
+    }
 }
 
 /// A `Status` of kind Success for a DELETE without finalizers.
