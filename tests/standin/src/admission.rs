@@ -11,8 +11,9 @@
 //! - only namespaced objects, and not their status subresources, are admitted;
 //! - `matchConditions` are CEL, which the stand-in does not evaluate: they count as
 //!   true;
-//! - `matchPolicy: Equivalent` matches like `Exact`, since each resource is served
-//!   here in one version;
+//! - `matchPolicy: Equivalent` matches like `Exact`: a rule naming only another
+//!   version of the resource (a CRD's other served version, events.k8s.io Events
+//!   for core ones) does not match, where a real server would convert and call;
 //! - `reinvocationPolicy: IfNeeded` is not acted on: each webhook is called once;
 //! - dry runs reach every matching webhook, with `dryRun: true`: v1 admits only
 //!   `sideEffects` None and NoneOnDryRun, so the real server's refusal of a dry run
