@@ -16,18 +16,21 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::RequestRecord;
+use crate::admission::{self, Attributes, Operation};
 use crate::fields;
 use crate::ops::{self, DeleteOpts, WriteOpts};
 use crate::patch;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, Cause};
-use crate::store::{EventType, Key, State, TypeInfo, key_of, now};
+use crate::store::{EventType, Key, State, TypeInfo, key_of, now, rv_of};
 use crate::validate::{self, event_from_core};
+use crate::webhook_client;
 
 /// State shared by the server and the handle tests hold.
 pub struct Shared {
     pub state: Mutex<State>,
     pub tick: watch::Sender<u64>,
+    pub webhook_clients: webhook_client::Clients,
 }
 
 impl Shared {
@@ -508,10 +511,10 @@ async fn resource(
         }
         (Method::GET, Some(_), Some("token")) => Err(ApiError::method_not_allowed()),
         (Method::GET, Some(n), _) => get_handler(sh, req, &ti, ns, n),
-        (Method::POST, None, _) => create_handler(sh, req, &ti, ns),
+        (Method::POST, None, _) => create_handler(sh, req, &ti, ns).await,
         (Method::POST, Some(n), Some("token")) => token_handler(sh, req, ns.unwrap_or_default(), n),
-        (Method::PUT, Some(n), s) => put_handler(sh, req, &ti, ns, n, s),
-        (Method::PATCH, Some(n), s) => patch_handler(sh, req, &ti, ns, n, s),
+        (Method::PUT, Some(n), s) => put_handler(sh, req, &ti, ns, n, s).await,
+        (Method::PATCH, Some(n), s) => patch_handler(sh, req, &ti, ns, n, s).await,
         (Method::DELETE, Some(n), None) => delete_handler(sh, req, &ti, ns, n),
         (Method::DELETE, None, None) => delete_collection(sh, req, &ti, ns).await,
         _ => Err(ApiError::method_not_allowed()),
@@ -537,7 +540,30 @@ fn get_handler(
     Ok(respond(200, &shaped(ti, obj, shape), &[]))
 }
 
-fn create_handler(
+/// The write options a webhook is shown, as the request's query set them.
+fn options(req: &Req, kind: &str) -> Value {
+    let mut o = json!({"kind": kind, "apiVersion": "meta.k8s.io/v1"});
+    if req.q("dryRun") == Some("All") {
+        o["dryRun"] = json!(["All"]);
+    }
+    for k in ["fieldManager", "fieldValidation"] {
+        if let Some(v) = req.q(k).filter(|v| !v.is_empty()) {
+            o[k] = json!(v);
+        }
+    }
+    if kind == "PatchOptions" && req.q("force") == Some("true") {
+        o["force"] = json!(true);
+    }
+    o
+}
+
+/// Has the object under `key` changed since `seen` was read (created, replaced or
+/// deleted)? Admission runs without the lock, so a write must check before storing.
+fn changed_since(st: &State, ti: &TypeInfo, key: &Key, seen: Option<&Value>) -> bool {
+    st.get(&ti.storage(), key).and_then(rv_of) != seen.and_then(rv_of)
+}
+
+async fn create_handler(
     sh: &Arc<Shared>,
     req: &Req,
     ti: &TypeInfo,
@@ -546,10 +572,25 @@ fn create_handler(
     let body = parse_json_body(req, ti)?;
     let dry = dry_run(req, "CreateOptions")?;
     let o = write_opts(req, ti, dry, None);
-    let (obj, warnings) = ops::decode_body(ti, &body, &o)?;
-    let mut st = sh.lock();
-    let out = ops::create(&mut st, ti, ns, obj, &o)?;
-    drop(st);
+    let (mut obj, warnings) = ops::decode_body(ti, &body, &o)?;
+    ops::set_namespace(&mut obj, ns)?;
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let attrs = Attributes {
+        ti,
+        operation: Operation::Create,
+        name: &name,
+        namespace: ns.unwrap_or_default(),
+        subresource: None,
+        old: None,
+        dry_run: dry,
+        options: options(req, "CreateOptions"),
+    };
+    let obj = admission::admit(sh, &attrs, obj).await?;
+    let out = ops::create(&mut sh.lock(), ti, ns, obj, &o)?;
     sh.notify();
     let mut out = present(ti, &out);
     if dry && let Some(m) = out["metadata"].as_object_mut() {
@@ -578,22 +619,11 @@ fn check_identity(obj: &Value, ns: Option<&str>, name: &str) -> Result<(), ApiEr
     Ok(())
 }
 
-fn put_handler(
-    sh: &Arc<Shared>,
-    req: &Req,
-    ti: &TypeInfo,
-    ns: Option<&str>,
-    name: &str,
-    sub: Option<&str>,
-) -> Result<Response, ApiError> {
-    let body = parse_json_body(req, ti)?;
-    let dry = dry_run(req, "UpdateOptions")?;
-    let o = write_opts(req, ti, dry, sub);
-    check_identity(&body, ns, name)?;
-    let (mut obj, warnings) = ops::decode_body(ti, &body, &o)?;
-    let mut st = sh.lock();
+/// The object a PUT replaces, after its preconditions.
+fn put_target(st: &State, ti: &TypeInfo, k: &Key, obj: &Value) -> Result<Value, ApiError> {
+    let name = &k.1;
     let old = st
-        .get(&ti.storage(), &key(ns, name))
+        .get(&ti.storage(), k)
         .cloned()
         .ok_or_else(|| ApiError::not_found(&ti.plural, &ti.group, name))?;
     match obj
@@ -607,7 +637,7 @@ fn put_handler(
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str) =>
         {
-            return Err(ApiError::conflict(&ti.plural, &ti.group, name));
+            Err(ApiError::conflict(&ti.plural, &ti.group, name))
         }
         None if ti.kind == "Lease" => {
             let mut e = ApiError::invalid(
@@ -623,21 +653,169 @@ fn put_handler(
                 "{} \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
                 crate::status::qualified(&ti.plural, &ti.group)
             ));
-            return Err(e);
+            Err(e)
         }
-        _ => {}
+        _ => Ok(old),
     }
+}
+
+/// A PUT: like the real GuaranteedUpdate loop, it starts over when the object
+/// changed while admission ran, so a PUT naming a resourceVersion then gets 409.
+async fn put_handler(
+    sh: &Arc<Shared>,
+    req: &Req,
+    ti: &TypeInfo,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+) -> Result<Response, ApiError> {
+    let body = parse_json_body(req, ti)?;
+    let dry = dry_run(req, "UpdateOptions")?;
+    let o = write_opts(req, ti, dry, sub);
+    check_identity(&body, ns, name)?;
+    let (mut obj, warnings) = ops::decode_body(ti, &body, &o)?;
     obj["metadata"]["name"] = json!(name);
     if let Some(ns) = ns {
         obj["metadata"]["namespace"] = json!(ns);
     }
-    let out = ops::update(&mut st, ti, &old, obj, &o, false)?;
-    drop(st);
-    sh.notify();
-    Ok(respond(200, &present(ti, &out), &warnings))
+    let k = key(ns, name);
+    loop {
+        let old = put_target(&sh.lock(), ti, &k, &obj)?;
+        let attrs = Attributes {
+            ti,
+            operation: Operation::Update,
+            name,
+            namespace: ns.unwrap_or_default(),
+            subresource: sub,
+            old: Some(&old),
+            dry_run: dry,
+            options: options(req, "UpdateOptions"),
+        };
+        let admitted = admission::admit(sh, &attrs, obj.clone()).await?;
+        let mut st = sh.lock();
+        if changed_since(&st, ti, &k, Some(&old)) {
+            continue;
+        }
+        let out = ops::update(&mut st, ti, &old, admitted, &o, false)?;
+        drop(st);
+        sh.notify();
+        return Ok(respond(200, &present(ti, &out), &warnings));
+    }
 }
 
-fn patch_handler(
+/// What a PATCH body is and how it applies.
+struct PatchRequest<'a> {
+    ti: &'a TypeInfo,
+    ns: Option<&'a str>,
+    name: &'a str,
+    sub: Option<&'a str>,
+    kind: String,
+    body: Value,
+    force: bool,
+}
+
+impl PatchRequest<'_> {
+    fn is_apply(&self) -> bool {
+        self.kind == "application/apply-patch+yaml"
+    }
+
+    /// The object the patch makes of `old` (for apply, `None` creates), decoded,
+    /// before admission.
+    fn patched(
+        &self,
+        old: Option<&Value>,
+        o: &WriteOpts,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        let (ti, ns, name, body) = (self.ti, self.ns, self.name, &self.body);
+        if self.is_apply() {
+            check_identity(body, ns, name)?;
+            let (mut config, warnings) = ops::decode_body(ti, body, o)?;
+            config["metadata"]["name"] = json!(name);
+            if let Some(ns) = ns {
+                config["metadata"]["namespace"] = json!(ns);
+            }
+            let api_version = ti.api_version();
+            let subname = if self.sub == Some("status") {
+                "status"
+            } else {
+                ""
+            };
+            let merged = match old {
+                None => {
+                    if self.sub.is_some() {
+                        return Err(ApiError::not_found(&ti.plural, &ti.group, name));
+                    }
+                    let base = json!({"kind": ti.kind, "apiVersion": api_version, "metadata": {}});
+                    let mut merged = fields::apply(
+                        &base,
+                        &config,
+                        &o.manager,
+                        self.force,
+                        &api_version,
+                        subname,
+                        &now(),
+                    )
+                    .map_err(conflict_error)?;
+                    merged["metadata"]["name"] = json!(name);
+                    if let Some(ns) = ns {
+                        merged["metadata"]["namespace"] = json!(ns);
+                    }
+                    merged
+                }
+                Some(old) => fields::apply(
+                    old,
+                    &config,
+                    &o.manager,
+                    self.force,
+                    &api_version,
+                    subname,
+                    &now(),
+                )
+                .map_err(conflict_error)?,
+            };
+            return Ok((merged, warnings));
+        }
+        let old = old.ok_or_else(|| ApiError::not_found(&ti.plural, &ti.group, name))?;
+        let view = present(ti, old);
+        let patched = match self.kind.as_str() {
+            "application/json-patch+json" => patch::json_patch(&view, body)?,
+            "application/merge-patch+json" => {
+                if !body.is_object() {
+                    return Err(ApiError::bad_request(
+                        "error decoding patch: not a JSON object",
+                    ));
+                }
+                patch::merge_patch(&view, body)
+            }
+            _ => patch::strategic_merge(&view, body, &ti.kind),
+        };
+        check_identity(&patched, ns, name)?;
+        if patched.pointer("/metadata/resourceVersion") != old.pointer("/metadata/resourceVersion")
+            && patched
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+        {
+            return Err(ApiError::conflict(&ti.plural, &ti.group, name));
+        }
+        if ti.kind == "Lease"
+            && let Some(msg) = validate::bad_micro_time(&patched)
+        {
+            let text = serde_json::to_string(&patched).unwrap_or_default();
+            let c = Cause::invalid("patch", format!("Invalid value: {text:?}: {msg}"));
+            let mut e = ApiError::invalid("", "", "", &[c]);
+            if let Some(d) = e.body["details"].as_object_mut() {
+                d.remove("kind");
+            }
+            return Err(e);
+        }
+        ops::decode_body(ti, &patched, o)
+    }
+}
+
+/// A PATCH of any kind. Like the real GuaranteedUpdate loop, the patch is applied
+/// again to the current object when it changed while admission ran.
+async fn patch_handler(
     sh: &Arc<Shared>,
     req: &Req,
     ti: &TypeInfo,
@@ -667,9 +845,17 @@ fn patch_handler(
             .map_err(|e| ApiError::bad_request(&format!("error decoding patch: {e}")))?
     };
     let dry = dry_run(req, "PatchOptions")?;
-    let mut o = write_opts(req, ti, dry, sub);
-    let is_apply = kind == "application/apply-patch+yaml";
-    if is_apply && req.q("fieldManager").is_none_or(str::is_empty) {
+    let o = write_opts(req, ti, dry, sub);
+    let p = PatchRequest {
+        ti,
+        ns,
+        name,
+        sub,
+        kind,
+        body,
+        force: req.q("force") == Some("true"),
+    };
+    if p.is_apply() && req.q("fieldManager").is_none_or(str::is_empty) {
         return Err(ApiError::invalid(
             "PatchOptions",
             "meta.k8s.io",
@@ -678,99 +864,46 @@ fn patch_handler(
                 .tap_message("Required value: is required for apply patch")],
         ));
     }
-    let force = req.q("force") == Some("true");
-    let mut st = sh.lock();
-    let old = st.get(&ti.storage(), &key(ns, name)).cloned();
-    let (code, out, warnings) = if is_apply {
-        check_identity(&body, ns, name)?;
-        let (mut config, warnings) = ops::decode_body(ti, &body, &o)?;
-        config["metadata"]["name"] = json!(name);
-        if let Some(ns) = ns {
-            config["metadata"]["namespace"] = json!(ns);
-        }
-        let api_version = ti.api_version();
-        let subname = if sub == Some("status") { "status" } else { "" };
-        match old {
-            None => {
-                if sub.is_some() {
-                    return Err(ApiError::not_found(&ti.plural, &ti.group, name));
-                }
-                let base = json!({"kind": ti.kind, "apiVersion": api_version, "metadata": {}});
-                let mut merged = fields::apply(
-                    &base,
-                    &config,
-                    &o.manager,
-                    force,
-                    &api_version,
-                    subname,
-                    &now(),
-                )
-                .map_err(conflict_error)?;
-                merged["metadata"]["name"] = json!(name);
-                if let Some(ns) = ns {
-                    merged["metadata"]["namespace"] = json!(ns);
-                }
-                o.subresource = Some("apply".into());
-                let out = ops::create(&mut st, ti, ns, merged, &o)?;
-                (201, out, warnings)
-            }
-            Some(old) => {
-                let merged = fields::apply(
-                    &old,
-                    &config,
-                    &o.manager,
-                    force,
-                    &api_version,
-                    subname,
-                    &now(),
-                )
-                .map_err(conflict_error)?;
-                let out = ops::update(&mut st, ti, &old, merged, &o, true)?;
-                (200, out, warnings)
-            }
-        }
-    } else {
-        let old = old.ok_or_else(|| ApiError::not_found(&ti.plural, &ti.group, name))?;
-        let view = present(ti, &old);
-        let patched = match kind.as_str() {
-            "application/json-patch+json" => patch::json_patch(&view, &body)?,
-            "application/merge-patch+json" => {
-                if !body.is_object() {
-                    return Err(ApiError::bad_request(
-                        "error decoding patch: not a JSON object",
-                    ));
-                }
-                patch::merge_patch(&view, &body)
-            }
-            _ => patch::strategic_merge(&view, &body, &ti.kind),
+    let k = key(ns, name);
+    loop {
+        let old = sh.lock().get(&ti.storage(), &k).cloned();
+        let (candidate, warnings) = p.patched(old.as_ref(), &o)?;
+        let attrs = Attributes {
+            ti,
+            operation: if old.is_some() {
+                Operation::Update
+            } else {
+                Operation::Create
+            },
+            name,
+            namespace: ns.unwrap_or_default(),
+            subresource: sub,
+            old: old.as_ref(),
+            dry_run: dry,
+            options: options(req, "PatchOptions"),
         };
-        check_identity(&patched, ns, name)?;
-        if patched.pointer("/metadata/resourceVersion") != old.pointer("/metadata/resourceVersion")
-            && patched
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty())
-        {
-            return Err(ApiError::conflict(&ti.plural, &ti.group, name));
+        let admitted = admission::admit(sh, &attrs, candidate).await?;
+        let mut st = sh.lock();
+        if changed_since(&st, ti, &k, old.as_ref()) {
+            continue;
         }
-        if ti.kind == "Lease"
-            && let Some(msg) = validate::bad_micro_time(&patched)
-        {
-            let text = serde_json::to_string(&patched).unwrap_or_default();
-            let c = Cause::invalid("patch", format!("Invalid value: {text:?}: {msg}"));
-            let mut e = ApiError::invalid("", "", "", &[c]);
-            if let Some(d) = e.body["details"].as_object_mut() {
-                d.remove("kind");
+        let (code, out) = match &old {
+            None => {
+                let o = WriteOpts {
+                    subresource: Some("apply".into()),
+                    ..o.clone()
+                };
+                (201, ops::create(&mut st, ti, ns, admitted, &o)?)
             }
-            return Err(e);
-        }
-        let (new, warnings) = ops::decode_body(ti, &patched, &o)?;
-        let out = ops::update(&mut st, ti, &old, new, &o, false)?;
-        (200, out, warnings)
-    };
-    drop(st);
-    sh.notify();
-    Ok(respond(code, &shaped(ti, &out, shape), &warnings))
+            Some(old) => (
+                200,
+                ops::update(&mut st, ti, old, admitted, &o, p.is_apply())?,
+            ),
+        };
+        drop(st);
+        sh.notify();
+        return Ok(respond(code, &shaped(ti, &out, shape), &warnings));
+    }
 }
 
 trait TapMessage {

@@ -7,6 +7,7 @@ use crate::fields;
 use crate::status::{ApiError, success_deleted};
 use crate::store::{Key, State, TypeInfo, key_of, now, rv_of};
 use crate::validate::{self, default_core_event, event_to_core};
+use crate::webhook_config;
 
 /// Options of one write.
 #[derive(Debug, Clone, Default)]
@@ -82,16 +83,11 @@ pub fn decode_body(
     Ok((d.obj, d.warnings))
 }
 
-/// Creates an object from an already decoded body. `ns` is the URL namespace.
-pub fn create(
-    st: &mut State,
-    ti: &TypeInfo,
-    ns: Option<&str>,
-    mut obj: Value,
-    o: &WriteOpts,
-) -> Result<Value, ApiError> {
+/// Puts a decoded body in the URL namespace `ns` (none: cluster-scoped), refusing a
+/// body that names another.
+pub fn set_namespace(obj: &mut Value, ns: Option<&str>) -> Result<(), ApiError> {
     if let Some(ns) = ns {
-        let body_ns = meta_str(&obj, "namespace");
+        let body_ns = meta_str(obj, "namespace");
         if !body_ns.is_empty() && body_ns != ns {
             return Err(ApiError::bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request",
@@ -101,6 +97,18 @@ pub fn create(
     } else if let Some(m) = obj["metadata"].as_object_mut() {
         m.remove("namespace");
     }
+    Ok(())
+}
+
+/// Creates an object from an already decoded body. `ns` is the URL namespace.
+pub fn create(
+    st: &mut State,
+    ti: &TypeInfo,
+    ns: Option<&str>,
+    mut obj: Value,
+    o: &WriteOpts,
+) -> Result<Value, ApiError> {
+    set_namespace(&mut obj, ns)?;
     let generated = meta_str(&obj, "name").is_empty() && !meta_str(&obj, "generateName").is_empty();
     if generated {
         let name = format!("{}{}", meta_str(&obj, "generateName"), random_suffix(st));
@@ -184,6 +192,7 @@ fn apply_create_defaults(ti: &TypeInfo, obj: &mut Value) {
             obj["status"] = json!({"phase": "Active"});
         }
         "Event" => default_core_event(obj),
+        "MutatingWebhookConfiguration" => webhook_config::default(obj),
         "CustomResourceDefinition" => {
             if obj.pointer("/spec/names/listKind").is_none() {
                 let kind = obj
@@ -340,8 +349,10 @@ pub fn update(
             }
         }
     }
-    if ti.kind == "Event" {
-        default_core_event(&mut new);
+    match ti.kind.as_str() {
+        "Event" => default_core_event(&mut new),
+        "MutatingWebhookConfiguration" => webhook_config::default(&mut new),
+        _ => {}
     }
     if old.pointer("/metadata/deletionTimestamp").is_some() {
         let before: Vec<&Value> = old

@@ -6,33 +6,39 @@ use serde_json::{Map, Value};
 use crate::status::ApiError;
 
 /// Applies a JSON Patch. A body that is not an array is a 400; any failing operation
-/// (including an unknown op) is the generic 422. `test` against an absent path with
-/// the value `null` succeeds, as on a real server.
+/// (including an unknown op) is the generic 422.
 pub fn json_patch(doc: &Value, body: &Value) -> Result<Value, ApiError> {
     let Some(ops) = body.as_array() else {
         return Err(ApiError::bad_request(
             "error decoding patch: json: cannot unmarshal object into Go value of type []handlers.jsonPatchOp",
         ));
     };
+    apply_operations(doc, ops).map_err(|_| ApiError::patch_rejected())
+}
+
+/// Applies JSON Patch operations as the apiserver's patch library does; the error
+/// says why one failed. `test` against an absent path with the value `null`
+/// succeeds, as on a real server.
+pub fn apply_operations(doc: &Value, ops: &[Value]) -> Result<Value, String> {
     let mut kept = Vec::new();
     for op in ops {
         let name = op.get("op").and_then(Value::as_str).unwrap_or_default();
         if !["add", "remove", "replace", "move", "copy", "test"].contains(&name) {
-            return Err(ApiError::patch_rejected());
+            return Err(format!("Unexpected kind: {name}"));
         }
         if name == "test" && op.get("value").is_some_and(Value::is_null) {
             let path = op.get("path").and_then(Value::as_str).unwrap_or_default();
             match doc_pointer(doc, &kept, path) {
                 None | Some(Value::Null) => continue,
-                Some(_) => return Err(ApiError::patch_rejected()),
+                Some(_) => return Err(format!("testing value {path} failed: test failed")),
             }
         }
         kept.push(op.clone());
     }
     let patch: json_patch::Patch =
-        serde_json::from_value(Value::Array(kept)).map_err(|_| ApiError::patch_rejected())?;
+        serde_json::from_value(Value::Array(kept)).map_err(|e| e.to_string())?;
     let mut out = doc.clone();
-    json_patch::patch(&mut out, &patch).map_err(|_| ApiError::patch_rejected())?;
+    json_patch::patch(&mut out, &patch).map_err(|e| e.to_string())?;
     Ok(out)
 }
 
@@ -66,12 +72,14 @@ fn strategy(path: &[&str], kind: &str) -> ListStrategy {
         (_, ["metadata", "finalizers"]) => ListStrategy::PrimitiveSet,
         (_, ["metadata", "ownerReferences"]) => ListStrategy::MergeKey("uid"),
         ("ServiceAccount", ["secrets"]) => ListStrategy::MergeKey("name"),
+        ("MutatingWebhookConfiguration", ["webhooks"]) => ListStrategy::MergeKey("name"),
         _ => ListStrategy::Atomic,
     }
 }
 
 /// Strategic merge patch for built-in kinds; `imagePullSecrets` is atomic, SA
-/// `secrets` merge by name, finalizers merge as a set, `$patch` directives work.
+/// `secrets` and webhook configurations' `webhooks` merge by name, finalizers merge
+/// as a set, `$patch` directives work.
 pub fn strategic_merge(doc: &Value, patch: &Value, kind: &str) -> Value {
     smp(doc, patch, kind, &mut Vec::new())
 }

@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use crate::status::Cause;
+
 #[derive(Debug, Clone, PartialEq)]
 enum Op {
     Eq(String),
@@ -274,6 +276,64 @@ impl LabelSelector {
                     ));
                 }
             }
+        }
+        Ok(LabelSelector(reqs))
+    }
+
+    /// Reads a structured `LabelSelector` (`matchLabels`, `matchExpressions`), as
+    /// webhook configurations carry them; `field` names it in the cause of an error.
+    pub fn from_json(v: &Value, field: &str) -> Result<Self, Cause> {
+        let mut reqs = Vec::new();
+        for (k, val) in v
+            .get("matchLabels")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            reqs.push((k.clone(), Op::Eq(val.as_str().unwrap_or_default().into())));
+        }
+        let exprs = v.get("matchExpressions").and_then(Value::as_array);
+        for (i, e) in exprs.into_iter().flatten().enumerate() {
+            let at = format!("{field}.matchExpressions[{i}]");
+            let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect();
+            let operator = e
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let op = match operator {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err(Cause::new(
+                        "FieldValueRequired",
+                        format!("{at}.values"),
+                        "Required value: must be specified when `operator` is 'In' or 'NotIn'",
+                    ));
+                }
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    return Err(Cause::new(
+                        "FieldValueForbidden",
+                        format!("{at}.values"),
+                        "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                    ));
+                }
+                "In" => Op::In(values),
+                "NotIn" => Op::NotIn(values),
+                "Exists" => Op::Exists,
+                "DoesNotExist" => Op::NotExists,
+                other => {
+                    return Err(Cause::invalid(
+                        format!("{at}.operator"),
+                        format!("Invalid value: \"{other}\": not a valid selector operator"),
+                    ));
+                }
+            };
+            reqs.push((key.to_string(), op));
         }
         Ok(LabelSelector(reqs))
     }

@@ -191,6 +191,30 @@ impl ApiError {
     pub fn internal(message: &str) -> Self {
         Self::new(500, None, message, None)
     }
+    /// apimachinery's `NewInternalError`, which admission failures are wrapped in.
+    pub fn internal_error(err: &str) -> Self {
+        Self::new(
+            500,
+            Some("InternalError"),
+            &format!("Internal error occurred: {err}"),
+            Some(json!({"causes": [{"message": err}]})),
+        )
+    }
+    /// apimachinery's `NewForbidden`, as admission plugins refuse a request.
+    pub fn forbidden(plural: &str, group: &str, name: &str, err: &str) -> Self {
+        let what = qualified(plural, group);
+        let msg = if name.is_empty() {
+            format!("{what} is forbidden: {err}")
+        } else {
+            format!("{what} \"{name}\" is forbidden: {err}")
+        };
+        Self::new(
+            403,
+            Some("Forbidden"),
+            &msg,
+            Some(details(name, group, plural)),
+        )
+    }
 }
 
 /// A `Status` of kind Success for a DELETE without finalizers.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::{Fault, RequestRecord};
+use crate::{AdmissionCall, Fault, RequestRecord};
 
 /// What the server knows about one resource type.
 #[derive(Debug, Clone)]
@@ -93,6 +93,7 @@ pub struct State {
     pub watch_epoch: u64,
     pub faults: Vec<Fault>,
     pub requests: Vec<RequestRecord>,
+    pub admission_calls: Vec<AdmissionCall>,
     pub uid_counter: u64,
 }
 
@@ -140,6 +141,12 @@ impl State {
                 "apiextensions.k8s.io",
                 "customresourcedefinitions",
                 "CustomResourceDefinition",
+                false,
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                "MutatingWebhookConfiguration",
                 false,
             ),
         ] {

@@ -5,6 +5,7 @@ use serde_json::{Map, Value, json};
 
 use crate::status::{ApiError, Cause};
 use crate::store::TypeInfo;
+use crate::webhook_config;
 
 const META_FIELDS: &[&str] = &[
     "name",
@@ -35,6 +36,7 @@ fn known_fields(kind: &str) -> Option<&'static [&'static str]> {
         ],
         "Lease" => &["spec"],
         "ConfigMap" => &["data", "binaryData", "immutable"],
+        "MutatingWebhookConfiguration" => &["webhooks"],
         _ => return None,
     })
 }
@@ -224,6 +226,14 @@ pub fn decode(ti: &TypeInfo, body: &Value, strict: bool) -> Result<Decoded, ApiE
     if ti.kind == "Secret" {
         decode_secret(&mut m, ti)?;
     }
+    if ti.kind == "MutatingWebhookConfiguration"
+        && let Err(e) = webhook_config::check_types(&Value::Object(m.clone()))
+    {
+        return Err(ApiError::bad_request(&format!(
+            "{} in version \"v1\" cannot be handled as a {}: {e}",
+            ti.kind, ti.kind
+        )));
+    }
     if ti.kind == "Lease"
         && let Some(e) = bad_micro_time(&Value::Object(m.clone()))
     {
@@ -383,6 +393,7 @@ pub fn validate(ti: &TypeInfo, obj: &Value, old: Option<&Value>, events_api: boo
         "Secret" => validate_secret(obj, old, &mut c),
         "Lease" => validate_lease(obj, &mut c),
         "Event" => validate_event(obj, old, events_api, &mut c),
+        "MutatingWebhookConfiguration" => webhook_config::validate(obj, &mut c),
         _ if ti.custom => {
             if let Some(s) = &ti.schema {
                 validate_schema(obj, s, "", &mut c, true);
