@@ -45,6 +45,19 @@ pub enum CredentialSpec {
 }
 
 impl CredentialSpec {
+    /// The Secrets this entry reads, so a change to one of them reaches the
+    /// resources that use it and no others.
+    pub fn secret_refs(&self) -> Vec<&SecretRef> {
+        match self {
+            Self::Static(s) => s.secret_ref.iter().collect(),
+            Self::Gar(g) => g.key_secret_ref.iter().collect(),
+            Self::Harbor(h) => std::iter::once(&h.admin_secret_ref)
+                .chain(h.ca_secret_ref.as_ref())
+                .collect(),
+            Self::Ecr(_) | Self::EcrPublic(_) => Vec::new(),
+        }
+    }
+
     /// The provider's name as it appears in status and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -156,4 +169,26 @@ pub struct HarborSpec {
 
 fn default_rotate_every() -> String {
     "24h".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_refs_name_every_secret_an_entry_reads() {
+        let harbor: CredentialSpec = serde_json::from_value(serde_json::json!({"harbor": {
+            "url": "https://harbor.example", "adminSecretRef": {"namespace": "rb", "name": "admin"},
+            "caSecretRef": {"namespace": "rb", "name": "ca"}}}))
+        .unwrap();
+        let names: Vec<&str> = harbor
+            .secret_refs()
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(names, ["admin", "ca"]);
+        let ecr: CredentialSpec =
+            serde_json::from_value(serde_json::json!({"ecr": {"region": "eu-west-1"}})).unwrap();
+        assert!(ecr.secret_refs().is_empty());
+    }
 }
