@@ -141,11 +141,6 @@ pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> P
             continue;
         }
         let wanted = desired.payload.is_some() && desired.selection.selects_namespace(ns);
-        let rivals: Vec<&Claim<'_>> = claims
-            .iter()
-            .filter(|c| c.secret_name == desired.secret_name && c.selection.selects_namespace(ns))
-            .collect();
-        let lost_to_older = rivals.iter().any(|c| c.older);
         let existing = world
             .managed
             .get(&(namespace.clone(), desired.secret_name.to_string()));
@@ -154,6 +149,21 @@ pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> P
             .service_accounts
             .get(&namespace)
             .unwrap_or(&no_accounts);
+        // Nothing to add or take back here: skip the rivals, whose
+        // selections would otherwise be evaluated for every namespace.
+        if !wanted
+            && ours.is_none()
+            && !accounts
+                .iter()
+                .any(|sa| added_by_us(sa).contains(&desired.secret_name))
+        {
+            continue;
+        }
+        let rivals: Vec<&Claim<'_>> = claims
+            .iter()
+            .filter(|c| c.secret_name == desired.secret_name && c.selection.selects_namespace(ns))
+            .collect();
+        let lost_to_older = rivals.iter().any(|c| c.older);
 
         let serving = match (wanted, digest) {
             (true, Some(digest)) => {
