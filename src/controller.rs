@@ -4,6 +4,7 @@
 //! them, and hands their output to the writer.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,14 +15,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use regbridge_providers::spec::CredentialSpec;
 use regbridge_providers::{BuildContext, Verification, Verifier};
 use serde::de::DeserializeOwned;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::apply_plan::Writer;
 use crate::cluster_access::CachedCluster;
@@ -43,6 +44,11 @@ use crate::status::{self, Observation, Verdict};
 const FOREIGN_RECHECK: Duration = Duration::from_secs(60);
 /// After writes the cache had not caught up with, look again this soon.
 const STALE_RETRY: Duration = Duration::from_secs(1);
+/// Resources reconciled at once. Each reconcile plans over a snapshot of
+/// the caches; unbounded, hundreds of resources triggered together would
+/// hold hundreds of snapshots (memory the allocator keeps) and contend for
+/// two cores. A slow provider still leaves most slots free.
+const RECONCILE_CONCURRENCY: u16 = 16;
 /// A safety net: every resource is reconciled at least this often.
 const RESYNC: Duration = Duration::from_secs(3600);
 
@@ -111,7 +117,7 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Every resource's compiled selection, for its rivals' reconciles and
     /// for pull-failure Events.
-    pub(crate) selections: SelectionCache,
+    pub(crate) selections: Arc<SelectionCache>,
     /// Tells every resource to reconcile (a deleted resource may hand
     /// namespaces over to a younger one).
     reconcile_all: tokio::sync::mpsc::UnboundedSender<()>,
@@ -766,8 +772,17 @@ pub async fn reconcile(cps: Arc<ClusterPullSecret>, ctx: Arc<Context>) -> Result
             Finalizer::Cleanup(o) => cleanup(o, &ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(e.to_string()));
+    .await;
+    let result = match result {
+        // The cached copy predates the finalizer this replica has just
+        // added (the add's `test` guard failed): the watch event bringing
+        // the new copy is on its way, so this is not a failure.
+        Err(FinalizerError::AddFinalizer(kube::Error::Api(e))) if e.code == 422 => {
+            debug!(resource = %name, "finalizer already added; waiting for the cache");
+            Ok(Action::requeue(STALE_RETRY))
+        }
+        other => other.map_err(|e| Error::Finalizer(e.to_string())),
+    };
     ctx.metrics
         .reconciles
         .get_or_create(&ReconcileLabels {
@@ -949,7 +964,8 @@ pub async fn run(
     let (resources, resources_stream) = cached("clusterpullsecrets", resources, &health, &metrics);
     let (trigger_all, all_rx) = tokio::sync::mpsc::unbounded_channel();
     let controller = Controller::for_stream(
-        triggers(resources_stream.applied_objects()),
+        triggers(resources_stream.applied_objects())
+            .predicate_filter(spec_or_lifecycle, Default::default()),
         resources.clone(),
     );
     let stores = Stores {
@@ -966,6 +982,7 @@ pub async fn run(
             instance: Some(config.instance.clone()),
         },
     );
+    let selections = Arc::new(SelectionCache::default());
     let ctx = Arc::new(Context {
         client,
         config,
@@ -976,7 +993,7 @@ pub async fn run(
         pull_feedback: PullFeedback::default(),
         state: Mutex::default(),
         failures: Mutex::default(),
-        selections: SelectionCache::default(),
+        selections: selections.clone(),
         reconcile_all: trigger_all,
     });
     // Only the kubelet's pull failures, selected by the server: no Event
@@ -988,32 +1005,58 @@ pub async fn run(
         &health,
         &ctx.metrics,
     );
+    // A copy's event matters to its owner, and to the resources of the same
+    // `secretName` selecting its namespace, which may take it over.
     let by_label = {
-        let store = stores.resources.clone();
+        let (stores, selections) = (stores.clone(), selections.clone());
         move |s: Secret| {
             let owner = s.labels().get(RESOURCE).cloned();
-            let name = s.name_any();
-            store
-                .state()
+            let (namespace, name) = (s.namespace().unwrap_or_default(), s.name_any());
+            let view = stores.namespaces.get("", &namespace);
+            let resources = stores.resources.state();
+            let compiled = selections.selections(&resources);
+            resources
                 .iter()
-                .filter(|o| Some(o.name_any()) == owner || o.secret_name() == name)
-                .map(|o| ObjectRef::from_obj(&**o))
+                .zip(compiled)
+                .filter(|(o, selection)| {
+                    Some(o.name_any()) == owner
+                        || (o.secret_name() == name && may_select(view.as_deref(), selection))
+                })
+                .map(|(o, _)| ObjectRef::from_obj(&**o))
                 .collect::<Vec<_>>()
         }
     };
     controller
-        .watches_stream(
-            triggers(ns_stream.touched_objects()),
-            all(stores.resources.clone()),
-        )
-        .watches_stream(
-            triggers(sa_stream.touched_objects()),
-            all(stores.resources.clone()),
-        )
+        .watches_stream(triggers(ns_stream.touched_objects()), {
+            let (stores, selections) = (stores.clone(), selections.clone());
+            move |ns: Namespace| {
+                let view = NamespaceView::from(&ns);
+                concerned(&stores, &selections, &view.name, Some(&view))
+            }
+        })
+        .watches_stream(triggers(sa_stream.touched_objects()), {
+            let (stores, selections) = (stores.clone(), selections.clone());
+            move |sa: ServiceAccount| {
+                let namespace = sa.namespace().unwrap_or_default();
+                let view = stores.namespaces.get("", &namespace);
+                concerned(&stores, &selections, &namespace, view.as_deref())
+            }
+        })
         .watches_stream(triggers(managed_stream.touched_objects()), by_label)
-        .watches_stream(
-            triggers(sources_stream.touched_objects()),
-            all(stores.resources.clone()),
+        .watches_stream(triggers(sources_stream.touched_objects()), {
+            let store = stores.resources.clone();
+            move |s: Secret| {
+                let (namespace, name) = (s.namespace().unwrap_or_default(), s.name_any());
+                store
+                    .state()
+                    .iter()
+                    .filter(|o| o.name_any() == name || reads(o, &namespace, &name))
+                    .map(|o| ObjectRef::from_obj(&**o))
+                    .collect::<Vec<_>>()
+            }
+        })
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
         )
         .reconcile_all_on(tokio_stream_from(all_rx))
         .reconcile_on(feedback(ctx.clone(), pull_events))
@@ -1023,19 +1066,68 @@ pub async fn run(
         .await;
 }
 
-/// Maps any event to every resource: a namespace or ServiceAccount change
-/// can select or deselect for any of them, and a reconcile that finds
-/// nothing to do writes nothing.
-fn all<T>(
-    store: Store<ClusterPullSecret>,
-) -> impl Fn(T) -> Vec<ObjectRef<ClusterPullSecret>> + Send + Sync + 'static {
-    move |_| {
-        store
-            .state()
-            .iter()
-            .map(|o| ObjectRef::from_obj(&**o))
-            .collect()
+/// The resources a change in `namespace` can matter to: those selecting it
+/// (as `view` describes it) and
+/// those holding a copy there, which may have to take it and their
+/// references back. Reconciling only these keeps one namespace or
+/// ServiceAccount event from planning every tenant's resource over every
+/// namespace. (A reference whose removal failed after its copy went is
+/// retried by that reconcile's own error backoff.)
+fn concerned(
+    stores: &Stores,
+    selections: &SelectionCache,
+    namespace: &str,
+    view: Option<&NamespaceView>,
+) -> Vec<ObjectRef<ClusterPullSecret>> {
+    let resources = stores.resources.state();
+    let compiled = selections.selections(&resources);
+    resources
+        .iter()
+        .zip(compiled)
+        .filter(|(r, selection)| {
+            may_select(view, selection)
+                || stores
+                    .managed
+                    .get(namespace, &r.secret_name())
+                    .is_some_and(|copy| copy.owner.as_deref() == Some(r.name_any().as_str()))
+        })
+        .map(|(r, _)| ObjectRef::from_obj(&**r))
+        .collect()
+}
+
+/// Whether a resource with `selection` (`None`: its spec does not compile)
+/// selects the namespace `view` describes. A namespace not cached yet
+/// selects nothing: its own event, still to come, reconciles the resources
+/// that select it, and they find what is already cached in it.
+fn may_select(view: Option<&NamespaceView>, selection: &Option<Arc<Selection>>) -> bool {
+    match (view, selection) {
+        (Some(view), Some(selection)) => selection.selects_namespace(view),
+        _ => false,
     }
+}
+
+/// What a reconcile reads from the resource object itself: its spec (the
+/// generation), its finalizers and whether it is being deleted. The status
+/// regbridge writes changes none of them, so writing it triggers nothing.
+fn spec_or_lifecycle(o: &ClusterPullSecret) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        o.metadata.generation,
+        o.finalizers(),
+        o.metadata.deletion_timestamp.is_some(),
+    )
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+/// Whether a resource's credentials read the Secret `namespace/name`.
+fn reads(resource: &ClusterPullSecret, namespace: &str, name: &str) -> bool {
+    resource
+        .spec
+        .credentials
+        .iter()
+        .flat_map(|c| c.secret_refs())
+        .any(|r| r.namespace == namespace && r.name == name)
 }
 
 fn tokio_stream_from(
