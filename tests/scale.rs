@@ -63,7 +63,10 @@ impl Controller {
                 CONTROLLER_NS,
             ])
             .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("REGBRIDGE_SCALE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -123,18 +126,17 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
     start.elapsed()
 }
 
-fn source_payload(server: &StandIn) -> serde_json::Value {
+/// The composed source of the resource `name`, as its copies hold it.
+fn source_payload(server: &StandIn, name: &str) -> serde_json::Value {
     server
-        .get(&Resource::SECRETS, Some(CONTROLLER_NS), "company")
+        .get(&Resource::SECRETS, Some(CONTROLLER_NS), name)
         .map(|s| s["data"][".dockerconfigjson"].clone())
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run with --ignored --nocapture"]
-async fn scale_figures() {
-    let n = env_usize("REGBRIDGE_SCALE_NAMESPACES", 2000);
-    let max = env_usize("REGBRIDGE_SCALE_MAX_NAMESPACES", 10_000).max(n);
+/// A stand-in with the CRD, the controller's namespace and the Docker Hub
+/// credential every resource here composes.
+async fn prepared() -> StandIn {
     let server = StandIn::start().await;
     let crd =
         serde_json::to_value(<regbridge::crd::ClusterPullSecret as kube::CustomResourceExt>::crd())
@@ -148,6 +150,41 @@ async fn scale_figures() {
             dockerhub_secret("me", PASSWORD),
         )
         .unwrap();
+    server
+}
+
+/// Creates namespace `name` with its default ServiceAccount and waits until
+/// regbridge has patched the SA; returns how long that took from the SA's
+/// creation.
+async fn new_namespace_patched(server: &StandIn, name: &str) -> Duration {
+    namespace(server, name, json!({}));
+    let appeared = Instant::now();
+    service_account(server, name, "default", &[]);
+    wait_until("new SA patched", Duration::from_secs(60), || {
+        server
+            .get(&Resource::SERVICE_ACCOUNTS, Some(name), "default")
+            .is_some_and(|s| s["imagePullSecrets"][0]["name"] == "regcred")
+    })
+    .await;
+    appeared.elapsed()
+}
+
+/// p50 and p99 of `samples`, in ms.
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    (
+        ms(samples[samples.len() / 2]),
+        ms(samples[samples.len() * 99 / 100]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn scale_figures() {
+    let n = env_usize("REGBRIDGE_SCALE_NAMESPACES", 2000);
+    let max = env_usize("REGBRIDGE_SCALE_MAX_NAMESPACES", 10_000).max(n);
+    let server = prepared().await;
     seed(&server, 0, n);
     let dir = std::env::temp_dir().join(format!("regbridge-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -167,7 +204,7 @@ async fn scale_figures() {
         .unwrap();
     let mut payload = json!(null);
     wait_until("initial fan-out", Duration::from_secs(600), || {
-        payload = source_payload(&server);
+        payload = source_payload(&server, "company");
         !payload.is_null() && covered(&server, &payload) >= n
     })
     .await;
@@ -176,21 +213,9 @@ async fn scale_figures() {
     // 2. A new namespace's default SA patched after the SA appears.
     let mut latencies = Vec::new();
     for i in 0..100 {
-        let name = format!("ns-new-{i:03}");
-        namespace(&server, &name, json!({}));
-        let appeared = Instant::now();
-        service_account(&server, &name, "default", &[]);
-        wait_until("new SA patched", Duration::from_secs(60), || {
-            server
-                .get(&Resource::SERVICE_ACCOUNTS, Some(&name), "default")
-                .is_some_and(|s| s["imagePullSecrets"][0]["name"] == "regcred")
-        })
-        .await;
-        latencies.push(appeared.elapsed());
+        latencies.push(new_namespace_patched(&server, &format!("ns-new-{i:03}")).await);
     }
-    latencies.sort();
-    let p50 = latencies[latencies.len() / 2];
-    let p99 = latencies[latencies.len() * 99 / 100];
+    let (p50, p99) = percentiles(latencies);
     let total = n + 100;
 
     // 3. A source change reaching every namespace.
@@ -203,7 +228,7 @@ async fn scale_figures() {
         )
         .unwrap();
     wait_until("propagation", Duration::from_secs(600), || {
-        let now = source_payload(&server);
+        let now = source_payload(&server, "company");
         now != payload && covered(&server, &now) >= total
     })
     .await;
@@ -218,7 +243,7 @@ async fn scale_figures() {
 
     // 5. RSS with `max` namespaces.
     seed(&server, n, max);
-    let final_payload = source_payload(&server);
+    let final_payload = source_payload(&server, "company");
     wait_until("growth to max", Duration::from_secs(900), || {
         covered(&server, &final_payload) >= max + 100
     })
@@ -232,9 +257,7 @@ async fn scale_figures() {
         fan_out.as_secs_f64()
     );
     println!(
-        "  new namespace default SA patched after the SA appears: p50 {:.0} ms, p99 {:.0} ms (100 samples)",
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3
+        "  new namespace default SA patched after the SA appears: p50 {p50:.0} ms, p99 {p99:.0} ms (100 samples)"
     );
     println!(
         "  source change reached {total} namespaces in {:.2} s",
@@ -245,5 +268,71 @@ async fn scale_figures() {
         "  controller RSS: {rss_at_n:.1} MiB at {total} namespaces, {rss_at_max:.1} MiB at {} namespaces",
         max + 100
     );
+    assert_eq!(steady_writes, 0, "steady state must make no writes");
+}
+
+/// Many tenants: `REGBRIDGE_SCALE_RESOURCES` resources (default 200), each
+/// selecting its own 10 namespaces. Every Namespace and ServiceAccount event
+/// is planned by every resource, so this measures what that costs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn many_resources_figures() {
+    let resources = env_usize("REGBRIDGE_SCALE_RESOURCES", 200);
+    let per = 10;
+    let server = prepared().await;
+    for i in 0..resources {
+        for j in 0..per {
+            namespace_with_default_sa(&server, &format!("t{i:03}-{j}"), json!({}));
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("regbridge-many-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let controller = Controller::start(&server, &dir);
+    tokio::time::sleep(Duration::from_secs(2)).await; // caches sync
+
+    let created = Instant::now();
+    for i in 0..resources {
+        let mut spec = dockerhub_spec();
+        spec["namespaces"] = json!({"include": [format!("t{i:03}-*")]});
+        server
+            .create(
+                &Resource::CLUSTER_PULL_SECRETS,
+                None,
+                cluster_pull_secret(&format!("tenant-{i:03}"), spec),
+            )
+            .unwrap();
+    }
+    let total = resources * per;
+    let mut payload = json!(null);
+    wait_until("every tenant covered", Duration::from_secs(900), || {
+        payload = source_payload(&server, "tenant-000");
+        !payload.is_null() && covered(&server, &payload) >= total
+    })
+    .await;
+    let fan_out = created.elapsed();
+
+    let mut latencies = Vec::new();
+    for s in 0..50 {
+        let name = format!("t{:03}-new-{s}", s * 7 % resources);
+        latencies.push(new_namespace_patched(&server, &name).await);
+    }
+    let (p50, p99) = percentiles(latencies);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.clear_requests();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let steady_writes = server.writes().len();
+    let rss = controller.rss_mib();
+
+    println!("many resources (controller: separate process; API: in-process stand-in)");
+    println!(
+        "  {resources} resources covering their {total} namespaces after creation: {:.2} s",
+        fan_out.as_secs_f64()
+    );
+    println!(
+        "  new namespace default SA patched after the SA appears: p50 {p50:.0} ms, p99 {p99:.0} ms (50 samples)"
+    );
+    println!("  writes in 5 s of steady state: {steady_writes}");
+    println!("  controller RSS: {rss:.1} MiB");
     assert_eq!(steady_writes, 0, "steady state must make no writes");
 }
