@@ -678,11 +678,16 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
     if outcome.stale > 0 {
         return Ok(Action::requeue(STALE_RETRY));
     }
-    let wait = state
+    let mut wait = state
         .credentials
         .next_wakeup()
-        .map(|at| (at - Utc::now()).to_std().unwrap_or_default().min(RESYNC));
-    Ok(Action::requeue(wait.unwrap_or(RESYNC)))
+        .map(|at| (at - Utc::now()).to_std().unwrap_or_default().min(RESYNC))
+        .unwrap_or(RESYNC);
+    // Foreign Secrets are not watched: look again for one that went away.
+    if !state.foreign.is_empty() {
+        wait = wait.min(FOREIGN_RECHECK);
+    }
+    Ok(Action::requeue(wait))
 }
 
 /// `Verified`: every registry answered the credential with success (or
