@@ -166,7 +166,7 @@ build_release() {
 bench_scale() {
   log "scale benchmark (release binary)"
   REGBRIDGE_SCALE_BINARY="$ROOT/target/release/regbridge" \
-    cargo_ test --all-features --locked --test scale -- --ignored --nocapture
+    cargo_ test --all-features --locked --test scale -- --ignored --nocapture --test-threads=1
   log "webhook admission latency benchmark"
   cargo_ test --all-features --locked --test webhook -- --ignored --nocapture admission_latency_at_100_per_second
 }
