@@ -17,6 +17,9 @@ REGISTRY_USER="regbridge"
 REGISTRY_PASSWORD="regbridge-e2e-$RANDOM$RANDOM"
 # Other builds may share this machine's target dir; take turns with them.
 CARGO_LOCK="${CARGO_LOCK:-/tmp/cargo.lock}"
+# One clean build per CI run: incremental artifacts would only cost time and
+# disk (tens of GB over a day of local runs).
+export CARGO_INCREMENTAL=0
 
 PIDS=()
 
