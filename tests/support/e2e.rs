@@ -336,15 +336,7 @@ async fn distribution(client: &Client, tag: &str, ctl: &str) -> Vec<String> {
 /// timeout, matchConditions, the namespaceSelector's exclusions) is the
 /// chart's own, so the API server checks what users install.
 fn webhook_configuration(name: &str, tag: &str, url: &str) -> Value {
-    let manifests = std::fs::read_to_string(
-        std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap())
-            .join("deploy/manifests/regbridge.yaml"),
-    )
-    .expect("the rendered manifests");
-    let mut config = serde_yaml::Deserializer::from_str(&manifests)
-        .filter_map(|doc| serde::Deserialize::deserialize(doc).ok())
-        .find(|doc: &Value| doc["kind"] == "MutatingWebhookConfiguration")
-        .expect("the chart renders a MutatingWebhookConfiguration");
+    let mut config = super::chart_webhook_configuration();
     config["metadata"] = json!({ "name": name });
     for hook in config["webhooks"].as_array_mut().unwrap() {
         hook["clientConfig"] = json!({"url": url});

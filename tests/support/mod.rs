@@ -255,3 +255,18 @@ pub fn peer(var: &str) -> Option<String> {
         }
     }
 }
+
+/// The MutatingWebhookConfiguration the chart renders into the plain
+/// manifests, read at run time from this checkout.
+pub fn chart_webhook_configuration() -> Value {
+    let root =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let manifests = std::fs::read_to_string(
+        std::path::Path::new(&root).join("deploy/manifests/regbridge.yaml"),
+    )
+    .expect("the rendered manifests");
+    serde_yaml::Deserializer::from_str(&manifests)
+        .filter_map(|doc| serde::Deserialize::deserialize(doc).ok())
+        .find(|doc: &Value| doc["kind"] == "MutatingWebhookConfiguration")
+        .expect("the chart renders a MutatingWebhookConfiguration")
+}
