@@ -332,6 +332,52 @@ async fn deselected_namespace_loses_secret_and_only_our_reference() {
     h.stop().await;
 }
 
+/// How often `resource` has been reconciled, from the metrics.
+fn reconciles(h: &Harness, resource: &str) -> u64 {
+    let prefix = format!("regbridge_reconciles_total{{resource=\"{resource}\",result=\"ok\"}} ");
+    h.metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn events_in_another_tenants_namespaces_do_not_reconcile_a_resource() {
+    let h = Harness::start_with(|s| {
+        seed_dockerhub(s);
+        namespace_with_default_sa(s, "team-a", json!({}));
+        namespace_with_default_sa(s, "team-b", json!({}));
+    })
+    .await;
+    let mut spec = dockerhub_spec();
+    spec["namespaces"] = json!({"include": ["team-a*"]});
+    h.create_resource("a", spec.clone());
+    spec["namespaces"] = json!({"include": ["team-b*"]});
+    h.create_resource("b", spec);
+    wait_for("both synced", T, || {
+        synced(&h, "team-a") && synced(&h, "team-b")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = reconciles(&h, "b");
+    assert!(before > 0);
+    for i in 0..5 {
+        namespace_with_default_sa(&h.server, &format!("team-a-{i}"), json!({}));
+    }
+    wait_for("a's new namespaces synced", T, || {
+        (0..5).all(|i| synced(&h, &format!("team-a-{i}")))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(reconciles(&h, "b"), before, "b selects none of them");
+    assert!(
+        h.secret("team-a-0", "regcred").unwrap()["metadata"]["labels"]["regbridge.dev/cluster-pull-secret"]
+            == "a"
+    );
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn renaming_the_secret_moves_the_copy_and_the_reference() {
     let h = Harness::start_with(|s| {
