@@ -245,6 +245,8 @@ fn read_mounted(dir: &std::path::Path) -> std::io::Result<(String, String)> {
 /// Keeps `resolver` current: the mounted files, or the shared Secret (and
 /// the configuration's `caBundle`) renewed before expiry.
 async fn keep_certificate(client: Client, config: WebhookConfig, resolver: Arc<CertResolver>) {
+    // A missing configuration is said once, not every minute.
+    let mut configuration_found = true;
     loop {
         let wait = match &config.tls_dir {
             Some(dir) => {
@@ -260,7 +262,14 @@ async fn keep_certificate(client: Client, config: WebhookConfig, resolver: Arc<C
                 }
             }
             None => match refresh_managed(&client, &config, &resolver).await {
-                Ok(wait) => wait,
+                Ok((wait, found)) => {
+                    let found = found.unwrap_or(configuration_found);
+                    if configuration_found && !found {
+                        warn!(configuration = %config.configuration, "no MutatingWebhookConfiguration to put the CA into; the API server will not call this webhook until it exists");
+                    }
+                    configuration_found = found;
+                    wait
+                }
                 Err(e) => {
                     warn!(error = %e, "keeping the webhook certificate");
                     RETRY_AFTER
@@ -271,23 +280,26 @@ async fn keep_certificate(client: Client, config: WebhookConfig, resolver: Arc<C
     }
 }
 
+/// Renews the shared certificate when due and publishes its CA; returns
+/// when to look again and whether the configuration exists (`None`: the
+/// API server did not say).
 async fn refresh_managed(
     client: &Client,
     config: &WebhookConfig,
     resolver: &CertResolver,
-) -> Result<Duration, webhook_tls::TlsError> {
+) -> Result<(Duration, Option<bool>), webhook_tls::TlsError> {
     let names = webhook_tls::dns_names(&config.service, &config.namespace, &config.extra_names);
     let now = chrono::Utc::now();
     let bundle =
         webhook_tls::ensure(client, &config.namespace, &config.secret, &names, now).await?;
     resolver.set(&bundle.cert_pem, &bundle.key_pem)?;
-    if let Err(e) =
-        webhook_tls::publish_ca_bundle(client, &config.configuration, &bundle.ca_pem).await
-    {
-        warn!(error = %e, configuration = %config.configuration, "updating the webhook caBundle");
-        return Ok(RETRY_AFTER);
+    match webhook_tls::publish_ca_bundle(client, &config.configuration, &bundle.ca_pem).await {
+        Ok(found) => Ok((bundle.renewal_in(now).min(CA_BUNDLE_RECHECK), Some(found))),
+        Err(e) => {
+            warn!(error = %e, configuration = %config.configuration, "updating the webhook caBundle");
+            Ok((RETRY_AFTER, None))
+        }
     }
-    Ok(bundle.renewal_in(now).min(CA_BUNDLE_RECHECK))
 }
 
 /// The first certificate, retried until there is one (or shutdown).

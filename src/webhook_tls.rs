@@ -21,7 +21,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::labels::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_VALUE};
 
@@ -290,21 +290,17 @@ pub async fn ensure(
 }
 
 /// Puts `ca_pem` into every webhook's `caBundle` of the configuration, with
-/// one JSON merge patch guarded by its resourceVersion. A missing
-/// configuration (`--webhook` served without the chart's object) is logged
-/// and skipped.
+/// one JSON merge patch guarded by its resourceVersion. `Ok(false)` when
+/// there is no such configuration (`--webhook` served without the chart's
+/// object): the caller decides how loudly to say so.
 pub async fn publish_ca_bundle(
     client: &Client,
     configuration: &str,
     ca_pem: &str,
-) -> Result<(), kube::Error> {
+) -> Result<bool, kube::Error> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let Some(config) = api.get_opt(configuration).await? else {
-        warn!(
-            configuration,
-            "no MutatingWebhookConfiguration to put the CA into; skipping"
-        );
-        return Ok(());
+        return Ok(false);
     };
     let bundle = ByteString(ca_pem.as_bytes().to_vec());
     let mut webhooks = config.webhooks.clone().unwrap_or_default();
@@ -312,7 +308,7 @@ pub async fn publish_ca_bundle(
         .iter()
         .all(|w| w.client_config.ca_bundle.as_ref() == Some(&bundle))
     {
-        return Ok(());
+        return Ok(true);
     }
     for w in &mut webhooks {
         w.client_config.ca_bundle = Some(bundle.clone());
@@ -333,7 +329,7 @@ pub async fn publish_ca_bundle(
     )
     .await?;
     info!(configuration, "updated the webhook caBundle");
-    Ok(())
+    Ok(true)
 }
 
 /// Serves whichever certificate was loaded last, so a renewal takes effect
