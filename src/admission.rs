@@ -365,6 +365,15 @@ mod tests {
         (decision, out, object)
     }
 
+    /// [`admit`] in the cached, synced namespace `team-a`.
+    fn admit_in_team_a(review_json: &Value, targets: &[Target]) -> (Decision, Value, Value) {
+        admit(review_json, targets, Some(&team_a()), true)
+    }
+
+    fn sa_review(operation: &str, object: Value) -> Value {
+        review("ServiceAccount", "serviceaccounts", operation, object)
+    }
+
     fn list(v: &Value) -> Vec<&str> {
         v.as_array()
             .map(|a| a.iter().map(|e| e["name"].as_str().unwrap()).collect())
@@ -377,12 +386,7 @@ mod tests {
 
     #[test]
     fn response_echoes_the_uid_and_allows() {
-        let r = review(
-            "ServiceAccount",
-            "serviceaccounts",
-            "CREATE",
-            sa_object("x", None),
-        );
+        let r = sa_review("CREATE", sa_object("x", None));
         let (_, out, _) = admit(&r, &[], Some(&team_a()), true);
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(out["kind"], "AdmissionReview");
@@ -395,18 +399,8 @@ mod tests {
 
     #[test]
     fn new_service_account_without_a_list_gets_the_whole_list_and_the_annotation() {
-        let r = review(
-            "ServiceAccount",
-            "serviceaccounts",
-            "CREATE",
-            sa_object("default", None),
-        );
-        let (d, out, obj) = admit(
-            &r,
-            &[target("regcred", &[], &["default"])],
-            Some(&team_a()),
-            true,
-        );
+        let r = sa_review("CREATE", sa_object("default", None));
+        let (d, out, obj) = admit_in_team_a(&r, &[target("regcred", &[], &["default"])]);
         assert_eq!(d.result(), "patched");
         assert_eq!(out["response"]["patchType"], "JSONPatch");
         assert_eq!(list(&obj["imagePullSecrets"]), ["regcred"]);
@@ -418,9 +412,7 @@ mod tests {
 
     #[test]
     fn service_account_update_appends_after_foreign_entries_in_order() {
-        let r = review(
-            "ServiceAccount",
-            "serviceaccounts",
+        let r = sa_review(
             "UPDATE",
             sa_object("default", Some(&["z-first", "a-second"])),
         );
@@ -446,13 +438,8 @@ mod tests {
     fn an_apply_that_dropped_the_reference_gets_it_back_without_touching_the_record() {
         let mut o = sa_object("default", Some(&["theirs"]));
         o["metadata"]["annotations"] = json!({ ADDED_ANNOTATION: "regcred" });
-        let r = review("ServiceAccount", "serviceaccounts", "UPDATE", o);
-        let (d, _, obj) = admit(
-            &r,
-            &[target("regcred", &[], &["default"])],
-            Some(&team_a()),
-            true,
-        );
+        let r = sa_review("UPDATE", o);
+        let (d, _, obj) = admit_in_team_a(&r, &[target("regcred", &[], &["default"])]);
         assert_eq!(d.result(), "patched");
         assert_eq!(list(&obj["imagePullSecrets"]), ["theirs", "regcred"]);
         assert_eq!(obj["metadata"]["annotations"][ADDED_ANNOTATION], "regcred");
@@ -463,7 +450,7 @@ mod tests {
         let mut before = sa_object("default", Some(&["theirs", "regcred"]));
         before["metadata"]["annotations"] = json!({ ADDED_ANNOTATION: "regcred" });
         let after = sa_object("default", Some(&["theirs"]));
-        let mut r = review("ServiceAccount", "serviceaccounts", "UPDATE", after);
+        let mut r = sa_review("UPDATE", after);
         r["request"]["oldObject"] = before;
         let targets = [target("regcred", &[], &["default"])];
         let (d, _, obj) = admit(&r, &targets, Some(&team_a()), true);
@@ -480,12 +467,7 @@ mod tests {
 
     #[test]
     fn never_a_duplicate() {
-        let r = review(
-            "ServiceAccount",
-            "serviceaccounts",
-            "UPDATE",
-            sa_object("default", Some(&["regcred"])),
-        );
+        let r = sa_review("UPDATE", sa_object("default", Some(&["regcred"])));
         // Two resources with the same secretName, one already listed.
         let targets = [
             target("regcred", &[], &["default"]),
@@ -503,12 +485,7 @@ mod tests {
     #[test]
     fn pod_of_a_selected_default_service_account_gets_the_whole_list() {
         let r = review("Pod", "pods", "CREATE", pod_object(None, None));
-        let (d, _, obj) = admit(
-            &r,
-            &[target("regcred", &[], &["default"])],
-            Some(&team_a()),
-            true,
-        );
+        let (d, _, obj) = admit_in_team_a(&r, &[target("regcred", &[], &["default"])]);
         let Decision::Patched(p) = d else { panic!() };
         let p = serde_json::to_value(p).unwrap();
         assert_eq!(p[0]["path"], "/spec/imagePullSecrets");
@@ -523,12 +500,7 @@ mod tests {
             "CREATE",
             pod_object(Some("builder"), Some(&["own", "also-own"])),
         );
-        let (_, _, obj) = admit(
-            &r,
-            &[target("regcred", &[], &["build*"])],
-            Some(&team_a()),
-            true,
-        );
+        let (_, _, obj) = admit_in_team_a(&r, &[target("regcred", &[], &["build*"])]);
         assert_eq!(
             list(&obj["spec"]["imagePullSecrets"]),
             ["own", "also-own", "regcred"]
@@ -548,59 +520,29 @@ mod tests {
     #[test]
     fn pod_of_an_unselected_service_account_is_unchanged() {
         let r = review("Pod", "pods", "CREATE", pod_object(Some("builder"), None));
-        let (d, _, _) = admit(
-            &r,
-            &[target("regcred", &[], &["default"])],
-            Some(&team_a()),
-            true,
-        );
+        let (d, _, _) = admit_in_team_a(&r, &[target("regcred", &[], &["default"])]);
         assert_eq!(d, Decision::Unchanged);
     }
 
     #[test]
     fn unselected_namespace_is_unchanged() {
-        let r = review(
-            "ServiceAccount",
-            "serviceaccounts",
-            "CREATE",
-            sa_object("default", None),
-        );
-        let (d, out, _) = admit(
-            &r,
-            &[target("regcred", &["prod-*"], &["default"])],
-            Some(&team_a()),
-            true,
-        );
+        let r = sa_review("CREATE", sa_object("default", None));
+        let (d, out, _) = admit_in_team_a(&r, &[target("regcred", &["prod-*"], &["default"])]);
         assert_eq!(d, Decision::Unchanged);
         assert!(out["response"].get("patch").is_none());
     }
 
     #[test]
     fn unselected_service_account_is_unchanged() {
-        let r = review(
-            "ServiceAccount",
-            "serviceaccounts",
-            "CREATE",
-            sa_object("builder", None),
-        );
-        let (d, _, _) = admit(
-            &r,
-            &[target("regcred", &[], &["default"])],
-            Some(&team_a()),
-            true,
-        );
+        let r = sa_review("CREATE", sa_object("builder", None));
+        let (d, _, _) = admit_in_team_a(&r, &[target("regcred", &[], &["default"])]);
         assert_eq!(d, Decision::Unchanged);
     }
 
     #[test]
     fn opted_out_and_terminating_namespaces_are_unchanged() {
         let targets = [target("regcred", &[], &["default"])];
-        let r = review(
-            "ServiceAccount",
-            "serviceaccounts",
-            "CREATE",
-            sa_object("default", None),
-        );
+        let r = sa_review("CREATE", sa_object("default", None));
         let opted_out = ns("team-a")
             .annotation(crate::labels::EXCLUDE_ANNOTATION, "true")
             .build();
@@ -618,12 +560,7 @@ mod tests {
     #[test]
     fn before_the_caches_sync_everything_is_allowed_unchanged() {
         let targets = [target("regcred", &[], &["default"])];
-        let r = review(
-            "ServiceAccount",
-            "serviceaccounts",
-            "CREATE",
-            sa_object("default", None),
-        );
+        let r = sa_review("CREATE", sa_object("default", None));
         let (d, out, _) = admit(&r, &targets, Some(&team_a()), false);
         assert_eq!(d, Decision::Skipped(SkipReason::NotSynced));
         assert_eq!(out["response"]["allowed"], true);
@@ -633,12 +570,7 @@ mod tests {
     #[test]
     fn unknown_namespace_and_unhandled_operations_are_skipped() {
         let targets = [target("regcred", &[], &["default"])];
-        let r = review(
-            "ServiceAccount",
-            "serviceaccounts",
-            "CREATE",
-            sa_object("default", None),
-        );
+        let r = sa_review("CREATE", sa_object("default", None));
         assert_eq!(
             admit(&r, &targets, None, true).0,
             Decision::Skipped(SkipReason::UnknownNamespace)
