@@ -150,12 +150,16 @@ pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> P
             .get(&namespace)
             .unwrap_or(&no_accounts);
         // Nothing to add or take back here: skip the rivals, whose
-        // selections would otherwise be evaluated for every namespace.
+        // selections would otherwise be evaluated for every namespace. A
+        // namespace holding another resource's copy of the same name is that
+        // resource's to clean: tenants often share a name like `regcred`, so
+        // the references alone would make every namespace look like ours.
         if !wanted
             && ours.is_none()
-            && !accounts
-                .iter()
-                .any(|sa| added_by_us(sa).contains(&desired.secret_name))
+            && (existing.is_some()
+                || !accounts
+                    .iter()
+                    .any(|sa| added_by_us(sa).contains(&desired.secret_name)))
         {
             continue;
         }
