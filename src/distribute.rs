@@ -582,6 +582,39 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_holding_another_resources_copy_of_the_name_is_left_to_it() {
+        let theirs = secret(
+            "b",
+            "regcred",
+            &[
+                (MANAGED_BY, MANAGED_BY_VALUE),
+                (RESOURCE, "team-b"),
+                (ROLE, ROLE_COPY),
+            ],
+            PAYLOAD,
+        );
+        let c = Cluster::new(&["a", "b"]).with_secret(theirs).with_sa(
+            sa("b", "default")
+                .pull_secrets(&["regcred"])
+                .annotation(ADDED_ANNOTATION, "regcred")
+                .build(),
+        );
+        let spec: ClusterPullSecretSpec = serde_json::from_value(serde_json::json!({
+            "credentials": [], "serviceAccounts": ["default"], "namespaces": {"include": ["a"]}
+        }))
+        .unwrap();
+        let sel = Selection::compile(&spec).unwrap();
+        let p = plan(&desired(&sel, Some(PAYLOAD)), &[], &c.world());
+        assert_eq!(p.selected, ["a"]);
+        assert!(p.service_accounts.iter().all(|w| w.namespace == "a"));
+        assert!(p.secrets.iter().all(|w| match w {
+            SecretWrite::Create { namespace }
+            | SecretWrite::Update { namespace, .. }
+            | SecretWrite::Delete { namespace, .. } => namespace == "a",
+        }));
+    }
+
+    #[test]
     fn copies_carry_only_regbridge_labels() {
         let s = desired_copy("company", "regcred", "a", PAYLOAD);
         assert_eq!(s.metadata.labels.as_ref(), Some(&copy_labels("company")));
