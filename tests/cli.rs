@@ -1,6 +1,8 @@
 //! The `regbridge` binary's start-up: a port already in use is an error
 //! that names its flag, not a replica that runs without it.
 
+mod support;
+
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,15 +15,7 @@ fn run(args: &[&str]) -> Option<(bool, String)> {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let run = RUNS.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("regbridge-cli-{}-{run}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        "apiVersion: v1\nkind: Config\nclusters: [{name: s, cluster: {server: \"http://127.0.0.1:9\"}}]\n\
-         users: [{name: u, user: {}}]\ncontexts: [{name: c, context: {cluster: s, user: u}}]\n\
-         current-context: c\n",
-    )
-    .unwrap();
+    let kubeconfig = support::write_kubeconfig(&dir, "http://127.0.0.1:9");
     let mut child = Command::new(env!("CARGO_BIN_EXE_regbridge"))
         .arg("run")
         .args(["--leader-election=false"])

@@ -6,7 +6,6 @@
 mod support;
 
 use regbridge_standin::StandIn;
-use support::e2e::WebhookEndpoint;
 
 #[tokio::test]
 async fn e2e_scenarios_on_the_stand_in() {
@@ -15,11 +14,11 @@ async fn e2e_scenarios_on_the_stand_in() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
     let server = StandIn::start().await;
-    let config = kube::Config::new(server.url().parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
-    let endpoint = WebhookEndpoint {
-        host: std::net::Ipv4Addr::LOCALHOST.into(),
-        port: 0,
-    };
+    // Connected as `tests/e2e.rs` connects, through a kubeconfig: the
+    // stand-in is on loopback, so the webhook listens there too.
+    let dir = std::env::temp_dir().join(format!("regbridge-e2e-{}", std::process::id()));
+    let kubeconfig = support::write_kubeconfig(&dir, &server.url());
+    let (client, endpoint) = support::e2e::connect(&kubeconfig).await;
+    assert!(endpoint.host.is_loopback());
     support::e2e::run_all(client, "rb-e2e-standin", endpoint).await;
 }

@@ -38,17 +38,7 @@ impl Drop for Controller {
 
 impl Controller {
     fn start(server: &StandIn, dir: &std::path::Path) -> Self {
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters: [{{name: s, cluster: {{server: \"{}\"}}}}]\n\
-                 users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: s, user: u}}}}]\n\
-                 current-context: c\n",
-                server.url()
-            ),
-        )
-        .unwrap();
+        let kubeconfig = write_kubeconfig(dir, &server.url());
         let binary = std::env::var("REGBRIDGE_SCALE_BINARY")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_regbridge").into());
         let child = Command::new(binary)
@@ -187,7 +177,6 @@ async fn scale_figures() {
     let server = prepared().await;
     seed(&server, 0, n);
     let dir = std::env::temp_dir().join(format!("regbridge-scale-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let controller = Controller::start(&server, &dir);
     tokio::time::sleep(Duration::from_secs(2)).await; // caches sync
     let mut spec = dockerhub_spec();
@@ -286,7 +275,6 @@ async fn many_resources_figures() {
         }
     }
     let dir = std::env::temp_dir().join(format!("regbridge-many-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let controller = Controller::start(&server, &dir);
     tokio::time::sleep(Duration::from_secs(2)).await; // caches sync
 

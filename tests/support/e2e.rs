@@ -9,7 +9,7 @@
 //! narrowed to the namespaces labelled with the tag, so the API server
 //! calls it for nothing else in the cluster.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, CustomResourceExt};
 use regbridge::controller::{self, Config};
 use regbridge::crd::ClusterPullSecret;
@@ -178,6 +179,55 @@ fn controller(client: &Client, ctl: &str) -> Running {
 pub struct WebhookEndpoint {
     pub host: IpAddr,
     pub port: u16,
+}
+
+/// Where the API server can reach this process: `REGBRIDGE_E2E_WEBHOOK_HOST`
+/// when set; loopback for an API server on loopback; otherwise the address
+/// this machine uses to reach the API server, which the API server can
+/// usually route back to (a kind node reaching its host, a VM its peer).
+fn webhook_endpoint(server: &axum::http::Uri) -> WebhookEndpoint {
+    let port = std::env::var("REGBRIDGE_E2E_WEBHOOK_PORT")
+        .ok()
+        .map(|p| p.parse().expect("REGBRIDGE_E2E_WEBHOOK_PORT is a port"))
+        .unwrap_or(0);
+    if let Ok(host) = std::env::var("REGBRIDGE_E2E_WEBHOOK_HOST") {
+        let host = host
+            .parse()
+            .expect("REGBRIDGE_E2E_WEBHOOK_HOST is an IP address");
+        return WebhookEndpoint { host, port };
+    }
+    let api = (
+        server.host().expect("the cluster URL has a host"),
+        server.port_u16().unwrap_or(443),
+    )
+        .to_socket_addrs()
+        .expect("the API server's address resolves")
+        .next()
+        .expect("the API server has an address");
+    let host = if api.ip().is_loopback() {
+        api.ip()
+    } else {
+        let unspecified = match api {
+            std::net::SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            std::net::SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        // A connected UDP socket sends nothing; it only picks the route.
+        let probe = UdpSocket::bind((unspecified, 0)).expect("a UDP socket");
+        probe.connect(api).expect("a route to the API server");
+        probe.local_addr().expect("a local address").ip()
+    };
+    WebhookEndpoint { host, port }
+}
+
+/// A client for the cluster the kubeconfig at `path` names, and where its
+/// API server can reach this process.
+pub async fn connect(path: &std::path::Path) -> (Client, WebhookEndpoint) {
+    let kc = Kubeconfig::read_from(path).expect("the kubeconfig is readable");
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("the kubeconfig is usable");
+    let endpoint = webhook_endpoint(&config.cluster_url);
+    (Client::try_from(config).expect("a client"), endpoint)
 }
 
 /// Every scenario, one after another: each runs its own controller, and two

@@ -270,3 +270,20 @@ pub fn chart_webhook_configuration() -> Value {
         .find(|doc: &Value| doc["kind"] == "MutatingWebhookConfiguration")
         .expect("the chart renders a MutatingWebhookConfiguration")
 }
+
+/// A kubeconfig at `dir/kubeconfig` naming the API server at `server`,
+/// with no credentials (the stand-in asks for none).
+pub fn write_kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: s, cluster: {{server: \"{server}\"}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: s, user: u}}}}]\n\
+             current-context: c\n"
+        ),
+    )
+    .unwrap();
+    path
+}
