@@ -1018,17 +1018,10 @@ pub async fn run(
             let owner = s.labels().get(RESOURCE).cloned();
             let (namespace, name) = (s.namespace().unwrap_or_default(), s.name_any());
             let view = stores.namespaces.get("", &namespace);
-            let resources = stores.resources.state();
-            let compiled = selections.selections(&resources);
-            resources
-                .iter()
-                .zip(compiled)
-                .filter(|(o, selection)| {
-                    Some(o.name_any()) == owner
-                        || (o.secret_name() == name && may_select(view.as_deref(), selection))
-                })
-                .map(|(o, _)| ObjectRef::from_obj(&**o))
-                .collect::<Vec<_>>()
+            resources_where(&stores, &selections, |o, selection| {
+                Some(o.name_any()) == owner
+                    || (o.secret_name() == name && may_select(view.as_deref(), selection))
+            })
         }
     };
     controller
@@ -1072,39 +1065,48 @@ pub async fn run(
 }
 
 /// The resources a change in `namespace` can matter to: those selecting it
-/// (as `view` describes it) and
-/// those holding a copy there, which may have to take it and their
-/// references back. Reconciling only these keeps one namespace or
-/// ServiceAccount event from planning every tenant's resource over every
-/// namespace. (A reference whose removal failed after its copy went is
-/// retried by that reconcile's own error backoff.)
+/// (as `view` describes it) and those holding a copy there, which may have
+/// to take it and their references back. Reconciling only these keeps one
+/// namespace or ServiceAccount event from planning every tenant's resource
+/// over every namespace. (A reference whose removal failed after its copy
+/// went is retried by that reconcile's own error backoff.)
 fn concerned(
     stores: &Stores,
     selections: &SelectionCache,
     namespace: &str,
     view: Option<&NamespaceView>,
 ) -> Vec<ObjectRef<ClusterPullSecret>> {
+    resources_where(stores, selections, |r, selection| {
+        may_select(view, selection)
+            || stores
+                .managed
+                .get(namespace, &r.secret_name())
+                .is_some_and(|copy| copy.owner.as_deref() == Some(r.name_any().as_str()))
+    })
+}
+
+/// The cached resources `keep` accepts, given each one's compiled selection
+/// (`None`: its spec does not compile).
+fn resources_where(
+    stores: &Stores,
+    selections: &SelectionCache,
+    keep: impl Fn(&ClusterPullSecret, Option<&Selection>) -> bool,
+) -> Vec<ObjectRef<ClusterPullSecret>> {
     let resources = stores.resources.state();
     let compiled = selections.selections(&resources);
     resources
         .iter()
         .zip(compiled)
-        .filter(|(r, selection)| {
-            may_select(view, selection)
-                || stores
-                    .managed
-                    .get(namespace, &r.secret_name())
-                    .is_some_and(|copy| copy.owner.as_deref() == Some(r.name_any().as_str()))
-        })
+        .filter(|(r, selection)| keep(r, selection.as_deref()))
         .map(|(r, _)| ObjectRef::from_obj(&**r))
         .collect()
 }
 
-/// Whether a resource with `selection` (`None`: its spec does not compile)
-/// selects the namespace `view` describes. A namespace not cached yet
-/// selects nothing: its own event, still to come, reconciles the resources
-/// that select it, and they find what is already cached in it.
-fn may_select(view: Option<&NamespaceView>, selection: &Option<Arc<Selection>>) -> bool {
+/// Whether a resource with `selection` selects the namespace `view`
+/// describes. A namespace not cached yet selects nothing: its own event,
+/// still to come, reconciles the resources that select it, and they find
+/// what is already cached in it.
+fn may_select(view: Option<&NamespaceView>, selection: Option<&Selection>) -> bool {
     match (view, selection) {
         (Some(view), Some(selection)) => selection.selects_namespace(view),
         _ => false,
