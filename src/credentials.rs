@@ -56,9 +56,17 @@ pub struct RefreshOptions<'a> {
 
 impl Entry {
     fn new(spec: &CredentialSpec, ctx: &BuildContext) -> Result<Self, ProviderError> {
-        Ok(Self {
-            provider: regbridge_providers::build(spec, ctx)?,
-            spec: spec.clone(),
+        Ok(Self::with_provider(
+            spec.clone(),
+            regbridge_providers::build(spec, ctx)?,
+        ))
+    }
+
+    /// An entry that has not minted yet.
+    fn with_provider(spec: CredentialSpec, provider: Box<dyn Provider>) -> Self {
+        Self {
+            provider,
+            spec,
             last_good: Vec::new(),
             next_refresh: None,
             failures: 0,
@@ -66,7 +74,7 @@ impl Entry {
             last_error: None,
             refreshed_at: None,
             verified: BTreeMap::new(),
-        })
+        }
     }
 
     /// The handshake client for this entry: the shared one, plus the
@@ -434,17 +442,10 @@ mod tests {
         answers: Vec<Result<Vec<RegistryCredential>, ProviderError>>,
     ) -> (Credentials, Script) {
         let script: Script = Arc::new(Mutex::new(answers.into()));
-        let entry = Entry {
-            spec: CredentialSpec::Ecr(EcrSpec::default()),
-            provider: Box::new(Scripted(script.clone())),
-            last_good: Vec::new(),
-            next_refresh: None,
-            failures: 0,
-            invalid: false,
-            last_error: None,
-            refreshed_at: None,
-            verified: BTreeMap::new(),
-        };
+        let entry = Entry::with_provider(
+            CredentialSpec::Ecr(EcrSpec::default()),
+            Box::new(Scripted(script.clone())),
+        );
         (
             Credentials {
                 entries: vec![entry],
