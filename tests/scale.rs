@@ -1,13 +1,15 @@
-//! The scale scenario, as a benchmark: it measures and prints, and
-//! asserts only that the work completed. Run it with
-//! `cargo test --test scale -- --ignored --nocapture` (tests/run.sh does, as
-//! its `bench_scale` step).
+//! The scale scenario and a many-tenant one, as benchmarks: they
+//! measure and print, and assert only that the work completed. Run them with
+//! `cargo test --test scale -- --ignored --nocapture --test-threads=1`
+//! (tests/run.sh does, as its `bench_scale` step).
 //!
 //! The controller runs as its own process (`regbridge run`, leader election
 //! off) against the in-process API stand-in, so its RSS is its own. Set
 //! `REGBRIDGE_SCALE_BINARY` to measure another build (tests/run.sh passes
-//! the release binary); `REGBRIDGE_SCALE_NAMESPACES` (default 2000) and
-//! `REGBRIDGE_SCALE_MAX_NAMESPACES` (default 10000) set the sizes. Figures
+//! the release binary); `REGBRIDGE_SCALE_NAMESPACES` (default 2000),
+//! `REGBRIDGE_SCALE_MAX_NAMESPACES` (default 10000) and
+//! `REGBRIDGE_SCALE_RESOURCES` (default 200) set the sizes, and
+//! `REGBRIDGE_SCALE_LOG` the controller's log filter (default `warn`). Figures
 //! against the stand-in are not figures against kube-apiserver: the stand-in
 //! answers in-process, without etcd, auth or admission.
 
