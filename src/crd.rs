@@ -219,5 +219,6 @@ impl ClusterPullSecret {
 /// `deploy/crds/clusterpullsecret.yaml` holds it.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&ClusterPullSecret::crd()).expect("the CRD always serializes")
+    let crd = serde_json::to_value(ClusterPullSecret::crd()).expect("the CRD always serializes");
+    crate::yaml::to_string(&crd).expect("a JSON value always emits")
 }

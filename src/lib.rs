@@ -27,3 +27,4 @@ pub mod status;
 pub mod telemetry;
 pub mod webhook;
 pub mod webhook_tls;
+pub mod yaml;

@@ -283,8 +283,9 @@ fn has_request(server: &StandIn, method: &str, path_end: &str) -> bool {
 async fn run_scenario() -> Vec<RequestRecord> {
     aws_environment();
     let server = StandIn::start().await;
-    let crd = serde_json::to_value(ClusterPullSecret::crd()).unwrap();
-    server.create(&Resource::CRDS, None, crd).expect("CRD");
+    server
+        .create(&Resource::CRDS, None, installed_crd())
+        .expect("CRD");
     namespace(&server, CONTROLLER_NS, json!({}));
     server
         .create(

@@ -68,6 +68,13 @@ install_moto() {
   python3 -m pip install -q "moto[server]==$MOTO_VERSION"
 }
 
+# PyYAML reads YAML as kubectl and Helm do (YAML 1.1): tests/yaml11.py.
+install_pyyaml() {
+  python3 -c "import yaml" 2>/dev/null && return
+  log "pip install pyyaml"
+  python3 -m pip install -q pyyaml
+}
+
 install_helm_sdkpy() {
   if python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('helm-sdkpy') != '$HELM_SDKPY_VERSION')" 2>/dev/null; then
     return
@@ -189,6 +196,7 @@ main() {
   trap stop_peers EXIT
   install_packages
   install_moto
+  install_pyyaml
   install_helm_sdkpy
   start_moto
   start_registry

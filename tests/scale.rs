@@ -130,10 +130,9 @@ fn source_payload(server: &StandIn, name: &str) -> serde_json::Value {
 /// credential every resource here composes.
 async fn prepared() -> StandIn {
     let server = StandIn::start().await;
-    let crd =
-        serde_json::to_value(<regbridge::crd::ClusterPullSecret as kube::CustomResourceExt>::crd())
-            .unwrap();
-    server.create(&Resource::CRDS, None, crd).unwrap();
+    server
+        .create(&Resource::CRDS, None, support::installed_crd())
+        .unwrap();
     namespace(&server, CONTROLLER_NS, json!({}));
     server
         .create(

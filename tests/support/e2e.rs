@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Api, Client};
 use regbridge::controller::{self, Config};
 use regbridge::crd::ClusterPullSecret;
 use regbridge::health::Health;
@@ -235,11 +235,8 @@ pub async fn connect(path: &std::path::Path) -> (Client, WebhookEndpoint) {
 pub async fn run_all(client: Client, tag: &str, endpoint: WebhookEndpoint) {
     let ctl = format!("{tag}-ctl");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    create(
-        &crds,
-        serde_json::to_value(ClusterPullSecret::crd()).unwrap(),
-    )
-    .await;
+    // As `kubectl apply -f deploy/crds/` sends it.
+    create(&crds, super::installed_crd()).await;
     eventually("the CRD established", || async {
         crds.get_opt("clusterpullsecrets.regbridge.dev")
             .await

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use kube::CustomResourceExt;
 use regbridge::controller::{self, Config};
-use regbridge::crd::ClusterPullSecret;
 use regbridge::health::Health;
 use regbridge::metrics::Metrics;
 use regbridge_standin::{Resource, StandIn};
@@ -44,8 +42,9 @@ impl Harness {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .try_init();
         let server = StandIn::start().await;
-        let crd = serde_json::to_value(ClusterPullSecret::crd()).unwrap();
-        server.create(&Resource::CRDS, None, crd).expect("CRD");
+        server
+            .create(&Resource::CRDS, None, installed_crd())
+            .expect("CRD");
         namespace(&server, CONTROLLER_NS, json!({}));
         seed(&server);
         let config = kube::Config::new(server.url().parse().unwrap());
@@ -286,4 +285,36 @@ pub fn write_kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathB
     )
     .unwrap();
     path
+}
+
+/// This checkout, read at run time: a test binary built in another checkout
+/// sharing the target dir must still look in this one.
+pub fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+}
+
+/// Each file's documents as kubectl and Helm read them (YAML 1.1, through
+/// `tests/yaml11.py`), keyed by the path as given.
+pub fn kubectl_yaml(paths: &[std::path::PathBuf]) -> serde_json::Map<String, Value> {
+    let out = std::process::Command::new("python3")
+        .arg(repo().join("tests/yaml11.py"))
+        .args(paths)
+        .output()
+        .expect("python3 runs tests/yaml11.py (tests/run.sh installs PyYAML)");
+    assert!(
+        out.status.success(),
+        "tests/yaml11.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("tests/yaml11.py prints JSON")
+}
+
+/// The CRD as `kubectl apply -f deploy/crds/clusterpullsecret.yaml` sends it.
+pub fn installed_crd() -> Value {
+    let path = repo().join("deploy/crds/clusterpullsecret.yaml");
+    let mut files = kubectl_yaml(std::slice::from_ref(&path));
+    let docs = files.remove(&path.display().to_string()).expect("parsed");
+    docs[0].clone()
 }
