@@ -59,8 +59,9 @@ pub struct RunArgs {
     /// Concurrent API writes per reconcile.
     #[arg(long, env = "REGBRIDGE_WRITE_CONCURRENCY", default_value_t = 32)]
     pub write_concurrency: usize,
-    /// This replica's identity in the Lease and in Events. Default: the pod's
-    /// hostname.
+    /// This replica's identity in the Lease and in Events; it must differ
+    /// between replicas (the chart sets the pod name). Default: the host
+    /// name plus a random suffix, new at every start.
     #[arg(long, env = "REGBRIDGE_INSTANCE")]
     pub instance: Option<String>,
     /// Serve the mutating admission webhook (on every replica, leader or

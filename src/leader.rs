@@ -16,6 +16,20 @@ pub const LEASE_SECONDS: u64 = 15;
 /// Renew this long before the Lease would expire.
 pub const LEASE_GRACE: u64 = 5;
 
+/// This replica's identity when `--instance` is not given: the OS hostname
+/// (from the system, not only `$HOSTNAME`, which a supervisor or a shell
+/// may not export) plus a random suffix, as client-go does. Two replicas
+/// started alike on one host, or on hosts of one name, never share it, so
+/// they can never both believe they hold the Lease.
+pub fn default_identity() -> String {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "regbridge".into());
+    format!("{host}_{}", uuid::Uuid::new_v4())
+}
+
 /// Runs `work` while this replica holds the Lease. When leadership is lost,
 /// `work` is dropped (its writes stop) and the replica waits to lead again.
 pub async fn while_leader<F, Fut>(

@@ -69,8 +69,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let instance = args
         .instance
         .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "regbridge".into());
+        .unwrap_or_else(leader::default_identity);
     // Both ports are bound before anything starts: one already in use is a
     // startup error the kubelet shows, not a replica that runs half deaf.
     let metrics_listener = bind(args.metrics_addr, "--metrics-addr").await?;

@@ -1,0 +1,111 @@
+//! Leader election as a supervisor starts replicas: two `regbridge run`
+//! processes with the same flags and the same environment (no `$HOSTNAME`,
+//! no `--instance`, as under systemd) against one API server. Exactly one
+//! leads. With a shared default identity, both once believed they held the
+//! Lease and both wrote.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use regbridge_standin::{Resource, StandIn};
+use serde_json::json;
+use support::*;
+
+/// A replica whose log lines are collected as they come.
+struct Replica {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Replica {
+    fn start(kubeconfig: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_regbridge"))
+            .args([
+                "run",
+                "--namespace",
+                CONTROLLER_NS,
+                "--leader-election=true",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--webhook=false",
+                "--log-format",
+                "text",
+            ])
+            .env_clear()
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("regbridge starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Self { child, log }
+    }
+
+    fn leads(&self) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("acquired leadership"))
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_started_alike_never_both_lead() {
+    let server = StandIn::start().await;
+    server
+        .create(&Resource::CRDS, None, installed_crd())
+        .expect("CRD");
+    namespace(&server, CONTROLLER_NS, json!({}));
+    let dir = std::env::temp_dir().join(format!("regbridge-leader-{}", std::process::id()));
+    let kubeconfig = write_kubeconfig(&dir, &server.url());
+
+    let replicas = [Replica::start(&kubeconfig), Replica::start(&kubeconfig)];
+    wait_for("a replica to lead", Duration::from_secs(20), || {
+        replicas.iter().any(Replica::leads)
+    })
+    .await;
+    // A Lease lasts 15 s: the other replica has no way to take it over
+    // within this window, so a second leader now means a shared identity.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let leaders = replicas.iter().filter(|r| r.leads()).count();
+    let logs: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|r| r.log.lock().unwrap().clone())
+        .collect();
+    assert_eq!(leaders, 1, "replicas' logs: {logs:#?}");
+
+    let lease = server
+        .get(&Resource::LEASES, Some(CONTROLLER_NS), "regbridge-leader")
+        .expect("the Lease exists");
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
+    let host = hostname::get().unwrap().into_string().unwrap();
+    let suffix = holder
+        .strip_prefix(&format!("{host}_"))
+        .unwrap_or_else(|| panic!("holder {holder:?} is the host name plus a suffix"));
+    assert!(uuid::Uuid::parse_str(suffix).is_ok(), "{holder}");
+    std::fs::remove_dir_all(&dir).ok();
+}
