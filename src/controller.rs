@@ -485,7 +485,10 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
             .await;
         }
         if a.clamped_expiry {
-            warn!(resource = %name, provider = a.provider, "provider reported an expiry in the past or too near; clamped");
+            warn!(resource = %name, provider = a.provider, "provider reported an expiry in the past; clamped");
+        }
+        if a.short_lived {
+            info!(resource = %name, provider = a.provider, "provider returned a credential near its expiry; asking again soon");
         }
     }
     let reports = state.credentials.reports(now);
@@ -500,35 +503,24 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         reject(ctx, &cps, reason, message).await?;
         let wait = state
             .credentials
-            .next_wakeup()
+            .next_wakeup(now)
             .map(|at| (at - now).to_std().unwrap_or_default());
         return Ok(Action::requeue(wait.unwrap_or(RESYNC)));
     }
     let current = state.credentials.current(now);
     let composed = compose(&as_entries(&current));
-    let failing: Vec<String> = reports
-        .iter()
-        .filter_map(|r| {
-            r.last_error
-                .as_ref()
-                .map(|e| format!("credentials[{}] ({}): {e}", r.index, r.provider))
-        })
-        .collect();
-    let credentials_verdict = if failing.is_empty() {
-        Verdict::ok("Minted", format!("{} registries", composed.hosts.len()))
-    } else {
-        Verdict::fail("RefreshFailing", failing.join("; "))
-    };
+    let credentials_verdict = status::credentials_verdict(&reports, composed.hosts.len());
     // One Event per new failure text, not one per reconcile.
-    let failure_text = (!failing.is_empty()).then(|| failing.join("; "));
-    if failure_text.is_some() && failure_text != state.reported_failure {
-        ctx.publish(
-            &cps,
-            EventType::Warning,
-            "RefreshFailed",
-            failing.join("; "),
-        )
-        .await;
+    let failure_text = (!credentials_verdict.is_ok()).then(|| credentials_verdict.message.clone());
+    if let Some(text) = &failure_text
+        && failure_text != state.reported_failure
+    {
+        let reason = match credentials_verdict.reason.as_str() {
+            status::EXPIRED => status::EXPIRED,
+            _ => "RefreshFailed",
+        };
+        ctx.publish(&cps, EventType::Warning, reason, text.clone())
+            .await;
     }
     state.reported_failure = failure_text;
     let verified = (cps.spec.verify != VerifyPolicy::Off).then(|| verification_verdict(&reports));
@@ -678,10 +670,11 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
     if outcome.stale > 0 {
         return Ok(Action::requeue(STALE_RETRY));
     }
+    let now = Utc::now();
     let mut wait = state
         .credentials
-        .next_wakeup()
-        .map(|at| (at - Utc::now()).to_std().unwrap_or_default().min(RESYNC))
+        .next_wakeup(now)
+        .map(|at| (at - now).to_std().unwrap_or_default().min(RESYNC))
         .unwrap_or(RESYNC);
     // Foreign Secrets are not watched: look again for one that went away.
     if !state.foreign.is_empty() {

@@ -15,12 +15,19 @@ use regbridge_providers::{
 use crate::compose::EntryCredentials;
 use crate::refresh::{backoff, next_refresh, sane_expiry};
 
+/// A reconcile meant to drop an expired credential runs this long after the
+/// expiry, so the credential has expired by the clock it reads.
+const EXPIRY_SLACK: chrono::TimeDelta = chrono::TimeDelta::milliseconds(500);
+
 struct Entry {
     spec: CredentialSpec,
     provider: Box<dyn Provider>,
     last_good: Vec<RegistryCredential>,
     next_refresh: Option<DateTime<Utc>>,
     failures: u32,
+    /// Mints in a row that came back too near their expiry for the usual
+    /// schedule: each makes the next retry wait longer.
+    short_streak: u32,
     /// A failure that a fix to the spec or its Secret must resolve, as opposed
     /// to a remote failure that a retry may resolve.
     invalid: bool,
@@ -70,6 +77,7 @@ impl Entry {
             last_good: Vec::new(),
             next_refresh: None,
             failures: 0,
+            short_streak: 0,
             invalid: false,
             last_error: None,
             refreshed_at: None,
@@ -154,8 +162,10 @@ pub struct Attempt {
     pub provider: &'static str,
     pub ok: bool,
     pub elapsed: Duration,
-    /// The provider reported an expiry in the past or absurdly near.
+    /// The provider reported an expiry in the past.
     pub clamped_expiry: bool,
+    /// The credential came back too near its expiry for the usual schedule.
+    pub short_lived: bool,
     /// Handshakes made in this attempt: host and result.
     pub verified: Vec<(String, &'static str)>,
     /// The registry rejected the new credential, and it was not taken.
@@ -170,6 +180,9 @@ pub struct EntryReport {
     pub last_error: Option<String>,
     pub refreshed_at: Option<DateTime<Utc>>,
     pub serving: bool,
+    /// Hosts whose last good credential has expired, with when: they are
+    /// no longer distributed.
+    pub expired: Vec<(String, DateTime<Utc>)>,
     pub note: Option<String>,
     pub verified: BTreeMap<String, Checked>,
 }
@@ -225,6 +238,7 @@ impl Credentials {
                 ok: result.is_ok(),
                 elapsed: started.elapsed(),
                 clamped_expiry: false,
+                short_lived: false,
                 verified: Vec::new(),
                 rejected: None,
             };
@@ -283,8 +297,16 @@ impl Credentials {
                     entry.failures = 0;
                     entry.invalid = false;
                     entry.last_error = None;
-                    entry.next_refresh =
-                        soonest.map(|exp| next_refresh(now, exp, refresh_before, jitter()));
+                    let schedule = soonest.map(|exp| {
+                        next_refresh(now, exp, refresh_before, jitter(), entry.short_streak)
+                    });
+                    attempt.short_lived = schedule.is_some_and(|s| s.short);
+                    entry.short_streak = if attempt.short_lived {
+                        entry.short_streak.saturating_add(1)
+                    } else {
+                        0
+                    };
+                    entry.next_refresh = schedule.map(|s| s.at);
                 }
                 Err(err) => {
                     entry.failures += 1;
@@ -338,6 +360,11 @@ impl Credentials {
                     .last_good
                     .iter()
                     .any(|c| c.expires_at.is_none_or(|exp| exp > now)),
+                expired: e
+                    .last_good
+                    .iter()
+                    .filter_map(|c| Some((c.host.clone(), c.expires_at.filter(|exp| *exp <= now)?)))
+                    .collect(),
                 note: e.provider.status_note(),
                 verified: e.verified.clone(),
             })
@@ -352,13 +379,24 @@ impl Credentials {
         }
     }
 
-    /// The earliest time any entry wants to mint again.
-    pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
-        self.entries
+    /// The earliest time any entry wants to mint again, or a served
+    /// credential expires and must be taken out of every copy. The expiry
+    /// does not wait for the refresh schedule: during an outage, retries back
+    /// off to minutes apart, and an expired token must not linger that long.
+    pub fn next_wakeup(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let refreshes = self
+            .entries
             .iter()
             .filter(|e| !matches!(e.spec, CredentialSpec::Static(_)))
-            .filter_map(|e| e.next_refresh)
-            .min()
+            .filter_map(|e| e.next_refresh);
+        let expiries = self
+            .entries
+            .iter()
+            .flat_map(|e| &e.last_good)
+            .filter_map(|c| c.expires_at)
+            .filter(|exp| *exp > now)
+            .map(|exp| exp + EXPIRY_SLACK);
+        refreshes.chain(expiries).min()
     }
 
     /// Removes what the providers created outside the cluster (Harbor robots).
@@ -397,7 +435,7 @@ mod tests {
     use regbridge_providers::{NoCluster, Redacted};
 
     use super::*;
-    use crate::refresh::{BACKOFF_START, CLAMPED_LIFETIME, MIN_INTERVAL};
+    use crate::refresh::{BACKOFF_MAX, BACKOFF_START, CLAMPED_LIFETIME, MIN_INTERVAL};
 
     type Script = Arc<Mutex<VecDeque<Result<Vec<RegistryCredential>, ProviderError>>>>;
 
@@ -467,7 +505,7 @@ mod tests {
     async fn nothing_is_minted_before_it_is_due() {
         let (mut c, _) = scripted(vec![Ok(vec![cred("one", t0() + TimeDelta::hours(12))])]);
         assert_eq!(tick(&mut c, t0()).await.len(), 1);
-        assert_eq!(c.next_wakeup(), Some(t0() + TimeDelta::hours(6)));
+        assert_eq!(c.next_wakeup(t0()), Some(t0() + TimeDelta::hours(6)));
         assert!(
             tick(&mut c, t0() + TimeDelta::hours(5)).await.is_empty(),
             "one mint per refresh, not per reconcile"
@@ -497,11 +535,11 @@ mod tests {
         assert!(report.last_error.as_deref().unwrap().contains("throttled"));
         // Backoff: 5 s, then 10 s.
         assert_eq!(
-            c.next_wakeup(),
+            c.next_wakeup(at),
             Some(at + TimeDelta::from_std(BACKOFF_START).unwrap())
         );
         tick(&mut c, at + TimeDelta::seconds(5)).await;
-        assert_eq!(c.next_wakeup(), Some(at + TimeDelta::seconds(15)));
+        assert_eq!(c.next_wakeup(at), Some(at + TimeDelta::seconds(15)));
         // Once expired, the host is dropped rather than distributed.
         let later = expires + TimeDelta::seconds(1);
         tick(&mut c, later).await;
@@ -537,7 +575,7 @@ mod tests {
             served[0].expires_at,
             Some(t0() + TimeDelta::from_std(CLAMPED_LIFETIME).unwrap())
         );
-        let wait = c.next_wakeup().unwrap() - t0();
+        let wait = c.next_wakeup(t0()).unwrap() - t0();
         assert!(wait >= TimeDelta::from_std(MIN_INTERVAL).unwrap(), "{wait}");
     }
 
@@ -570,7 +608,7 @@ mod tests {
             if c.current(now)[0].1[0].password.expose() == "fresh" {
                 break;
             }
-            now = c.next_wakeup().unwrap();
+            now = c.next_wakeup(now).unwrap();
             assert!(attempts < 20, "spinning");
         }
         assert!(
@@ -578,6 +616,76 @@ mod tests {
             "the new token arrived before the old one expired"
         );
         assert!(attempts <= 8, "{attempts} attempts");
+    }
+
+    /// A token handed back with 30 s left is reported and scheduled with its
+    /// real expiry, asked for again at growing intervals no closer than 5 s,
+    /// and dropped when it expires if no fresh one came.
+    #[tokio::test]
+    async fn a_thirty_second_token_keeps_its_real_expiry() {
+        let expiry = t0() + TimeDelta::seconds(30);
+        let (mut c, script) = scripted(vec![]);
+        let mut now = t0();
+        let mut mints = Vec::new();
+        while now < expiry {
+            script.lock().unwrap().push_back(Ok(vec![cred("old", expiry)]));
+            let attempts = tick(&mut c, now).await;
+            if let Some(a) = attempts.first() {
+                assert!(a.ok && a.short_lived && !a.clamped_expiry);
+                mints.push(now);
+                assert_eq!(
+                    c.current(now)[0].1[0].expires_at,
+                    Some(expiry),
+                    "the provider's expiry, not a clamped one"
+                );
+            } else {
+                script.lock().unwrap().clear();
+            }
+            now = c.next_wakeup(now).unwrap();
+        }
+        assert_eq!(mints[1] - mints[0], TimeDelta::seconds(15), "half the lifetime");
+        assert!(
+            mints.windows(2).all(|w| w[1] - w[0] >= TimeDelta::seconds(5)),
+            "{mints:?}"
+        );
+        assert!(mints.len() <= 4, "{} mints in 30 s", mints.len());
+        assert!(now - expiry <= TimeDelta::seconds(1), "woken at the expiry");
+        assert!(c.current(now)[0].1.is_empty(), "an expired token is dropped");
+        assert_eq!(c.reports(now)[0].expired, [(cred("x", expiry).host, expiry)]);
+        // A fresh token ends the short schedule.
+        let fresh = now + TimeDelta::hours(1);
+        script.lock().unwrap().push_back(Ok(vec![cred("new", fresh)]));
+        let at = c.next_wakeup(now).unwrap();
+        assert!(at - now <= TimeDelta::from_std(BACKOFF_MAX).unwrap());
+        let attempts = tick(&mut c, at).await;
+        assert!(!attempts[0].short_lived);
+        assert_eq!(c.next_wakeup(at), Some(at + (fresh - at) / 2));
+    }
+
+    /// During an outage the retries back off to minutes apart; the expiry
+    /// does not wait for them.
+    #[tokio::test]
+    async fn an_expiry_during_an_outage_wakes_at_the_expiry() {
+        let expiry = t0() + TimeDelta::minutes(10);
+        let mut answers = vec![Ok(vec![cred("good", expiry)])];
+        answers.extend((0..20).map(|_| Err(remote())));
+        let (mut c, _) = scripted(answers);
+        let mut now = t0();
+        tick(&mut c, now).await;
+        while now < expiry {
+            now = c.next_wakeup(now).unwrap();
+            tick(&mut c, now).await;
+        }
+        assert!(
+            now - expiry <= TimeDelta::seconds(1),
+            "woken {} after the expiry",
+            now - expiry
+        );
+        assert!(c.current(now)[0].1.is_empty());
+        let report = &c.reports(now)[0];
+        assert!(!report.serving);
+        assert_eq!(report.expired.len(), 1);
+        assert!(report.last_error.as_deref().unwrap().contains("throttled"));
     }
 
     #[tokio::test]

@@ -55,6 +55,45 @@ impl Verdict {
     }
 }
 
+/// `CredentialsReady`'s reason when a served credential has expired.
+pub const EXPIRED: &str = "CredentialExpired";
+
+/// `CredentialsReady`: False while any host's credential has expired (it is
+/// no longer distributed) or any entry's last refresh failed.
+pub fn credentials_verdict(entries: &[EntryReport], hosts: usize) -> Verdict {
+    let expired: Vec<String> = entries
+        .iter()
+        .flat_map(|e| {
+            e.expired.iter().map(move |(host, at)| {
+                format!(
+                    "registry {host} expired at {} and is no longer distributed: credentials[{}] ({}): {}",
+                    rfc3339(*at),
+                    e.index,
+                    e.provider,
+                    e.last_error
+                        .as_deref()
+                        .unwrap_or("the provider has not returned a fresh credential")
+                )
+            })
+        })
+        .collect();
+    if !expired.is_empty() {
+        return Verdict::fail(EXPIRED, expired.join("; "));
+    }
+    let failing: Vec<String> = entries
+        .iter()
+        .filter_map(|e| {
+            let error = e.last_error.as_ref()?;
+            Some(format!("credentials[{}] ({}): {error}", e.index, e.provider))
+        })
+        .collect();
+    if failing.is_empty() {
+        Verdict::ok("Minted", format!("{hosts} registries"))
+    } else {
+        Verdict::fail("RefreshFailing", failing.join("; "))
+    }
+}
+
 /// A condition that keeps its `lastTransitionTime` unless its status flips.
 pub fn condition(
     previous: &[Condition],
@@ -152,6 +191,19 @@ pub fn build(
                 }),
             }
         })
+        .chain(obs.entries.iter().flat_map(|e| {
+            e.expired.iter().map(move |(host, at)| RegistryStatus {
+                host: host.clone(),
+                provider: e.provider.into(),
+                expires_at: Some(rfc3339(*at)),
+                last_refresh_time: e.refreshed_at.map(rfc3339),
+                last_error: Some(e.last_error.clone().unwrap_or_else(|| {
+                    "expired; the provider has not returned a fresh credential".into()
+                })),
+                note: e.note.clone(),
+                verification: None,
+            })
+        }))
         .collect();
     let earliest_expiry = obs
         .hosts
@@ -265,6 +317,7 @@ mod tests {
             last_error: error.map(String::from),
             refreshed_at: None,
             serving: true,
+            expired: vec![],
             note: note.map(String::from),
             verified: Default::default(),
         };
@@ -293,6 +346,41 @@ mod tests {
         assert_eq!(harbor.last_error.as_deref(), Some("harbor: 503"));
         let quay = s.registries.iter().find(|r| r.host == "quay.io").unwrap();
         assert!(quay.note.is_none() && quay.last_error.is_none());
+    }
+
+    #[test]
+    fn an_expired_host_is_listed_with_why_and_credentials_are_not_ready() {
+        let at = DateTime::parse_from_rfc3339("2026-12-06T05:00:00Z")
+            .unwrap()
+            .to_utc();
+        let entries = [EntryReport {
+            index: 0,
+            provider: "gar",
+            invalid: false,
+            last_error: Some("gar: metadata server unreachable".into()),
+            refreshed_at: None,
+            serving: false,
+            expired: vec![("europe-docker.pkg.dev".into(), at)],
+            note: None,
+            verified: Default::default(),
+        }];
+        let verdict = credentials_verdict(&entries, 0);
+        assert_eq!((verdict.status, verdict.reason.as_str()), ("False", EXPIRED));
+        assert!(verdict.message.contains("europe-docker.pkg.dev expired at 2026-12-06T05:00:00Z"));
+        assert!(verdict.message.contains("metadata server unreachable"));
+        let mut o = obs(&[]);
+        o.credentials = verdict;
+        o.entries = &entries;
+        let s = build(None, &o, Timestamp::UNIX_EPOCH);
+        let host = &s.registries[0];
+        assert_eq!(host.host, "europe-docker.pkg.dev");
+        assert_eq!(host.expires_at.as_deref(), Some("2026-12-06T05:00:00Z"));
+        assert_eq!(
+            host.last_error.as_deref(),
+            Some("gar: metadata server unreachable")
+        );
+        let ready = s.conditions.iter().find(|c| c.type_ == CREDENTIALS_READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", EXPIRED));
     }
 
     #[test]
