@@ -121,6 +121,8 @@ pub struct Context {
     /// Tells every resource to reconcile (a deleted resource may hand
     /// namespaces over to a younger one).
     reconcile_all: tokio::sync::mpsc::UnboundedSender<()>,
+    /// The caches still waiting for their first full list.
+    unsynced: tokio::sync::watch::Receiver<BTreeSet<&'static str>>,
 }
 
 impl Context {
@@ -229,8 +231,18 @@ async fn reject(
     Ok(Action::requeue(RESYNC))
 }
 
+/// What became of the composed Secret in the controller's namespace.
+#[derive(Debug, PartialEq, Eq)]
+enum Source {
+    /// It already held the composed payload.
+    Unchanged,
+    Written,
+    /// A Secret of that name belongs to something else; it is left alone.
+    Foreign,
+}
+
 /// The composed Secret in the controller's namespace.
-async fn ensure_source(ctx: &Context, name: &str, payload: &[u8]) -> Result<bool, Error> {
+async fn ensure_source(ctx: &Context, name: &str, payload: &[u8]) -> Result<Source, Error> {
     let ns = &ctx.config.namespace;
     let mut desired = crate::distribute::desired_copy(name, name, ns, payload);
     let mut labels = copy_labels(name);
@@ -248,30 +260,35 @@ async fn ensure_source(ctx: &Context, name: &str, payload: &[u8]) -> Result<bool
         source,
     };
     match cached {
-        Some(s) if s.owner.as_deref() != Some(name) => Ok(false),
+        Some(s) if s.owner.as_deref() != Some(name) => Ok(Source::Foreign),
         Some(s)
             if s.managed
                 && s.role.as_deref() == Some(ROLE_SOURCE)
                 && s.content == payload_digest(payload) =>
         {
-            Ok(true)
+            Ok(Source::Unchanged)
         }
         Some(s) => {
             desired.metadata.resource_version = Some(s.resource_version.clone());
             let r = api.replace(name, &pp, &desired).await;
             ctx.metrics.write("secrets", "update", r.is_ok());
-            r.map(|_| true).map_err(err)
+            r.map(|_| Source::Written).map_err(err)
         }
         None => match api.create(&pp, &desired).await {
             Ok(_) => {
                 ctx.metrics.write("secrets", "create", true);
-                Ok(true)
+                Ok(Source::Written)
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 ctx.metrics.write("secrets", "create", false);
                 let existing = api.get_opt(name).await.map_err(err)?;
-                Ok(existing
-                    .is_some_and(|s| s.labels().get(RESOURCE).map(String::as_str) == Some(name)))
+                let ours = existing
+                    .is_some_and(|s| s.labels().get(RESOURCE).map(String::as_str) == Some(name));
+                Ok(if ours {
+                    Source::Written
+                } else {
+                    Source::Foreign
+                })
             }
             Err(e) => {
                 ctx.metrics.write("secrets", "create", false);
@@ -537,7 +554,8 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         }
     }
 
-    if !ensure_source(ctx, &name, &composed.dockerconfigjson).await? {
+    let source = ensure_source(ctx, &name, &composed.dockerconfigjson).await?;
+    if source == Source::Foreign {
         return reject(
             ctx,
             &cps,
@@ -646,6 +664,7 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         synced,
         conflicts: &conflict_list,
         warnings: composed.warnings.clone(),
+        source_unchanged: source == Source::Unchanged,
         pull_failures: ctx.pull_feedback.status_of(&name),
     };
     write_status(
@@ -762,6 +781,10 @@ async fn cleanup(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, E
 }
 
 pub async fn reconcile(cps: Arc<ClusterPullSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // A reconcile plans against the caches: before each has its first full
+    // list, a source Secret or a copy not yet cached looks missing, and a
+    // restart would create again what exists (a 409 each).
+    let _ = ctx.unsynced.clone().wait_for(BTreeSet::is_empty).await;
     let name = cps.name_any();
     let api: Api<ClusterPullSecret> = Api::all(ctx.client.clone());
     let result = finalizer(&api, FINALIZER, cps, |event| async {
@@ -914,6 +937,24 @@ where
     (index, stream)
 }
 
+/// Removes `name` from the unsynced set once `stream` has delivered its
+/// first full list, after the cache it feeds has taken it in.
+fn track_sync<K>(
+    name: &'static str,
+    unsynced: &Arc<tokio::sync::watch::Sender<BTreeSet<&'static str>>>,
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {
+    unsynced.send_modify(|pending| {
+        pending.insert(name);
+    });
+    let unsynced = unsynced.clone();
+    stream.inspect(move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            unsynced.send_if_modified(|pending| pending.remove(name));
+        }
+    })
+}
+
 /// Each watch backs off on its own and its errors are already counted; kept
 /// from the controller, an error would back off the combined trigger stream,
 /// delaying every other watch with it.
@@ -960,6 +1001,12 @@ pub async fn run(
         &metrics,
     );
     let (resources, resources_stream) = cached("clusterpullsecrets", resources, &health, &metrics);
+    let unsynced = Arc::new(tokio::sync::watch::Sender::new(BTreeSet::new()));
+    let ns_stream = track_sync("namespaces", &unsynced, ns_stream);
+    let sa_stream = track_sync("serviceaccounts", &unsynced, sa_stream);
+    let managed_stream = track_sync("managed-secrets", &unsynced, managed_stream);
+    let sources_stream = track_sync("source-secrets", &unsynced, sources_stream);
+    let resources_stream = track_sync("clusterpullsecrets", &unsynced, resources_stream);
     let (trigger_all, all_rx) = tokio::sync::mpsc::unbounded_channel();
     let controller = Controller::for_stream(
         triggers(resources_stream.applied_objects())
@@ -993,6 +1040,7 @@ pub async fn run(
         failures: Mutex::default(),
         selections: selections.clone(),
         reconcile_all: trigger_all,
+        unsynced: unsynced.subscribe(),
     });
     // Only the kubelet's pull failures, selected by the server: no Event
     // is cached.

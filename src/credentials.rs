@@ -33,6 +33,9 @@ struct Entry {
     invalid: bool,
     last_error: Option<String>,
     refreshed_at: Option<DateTime<Utc>>,
+    /// `refreshed_at` is this process's first mint: the credential may have
+    /// been distributed long before, by an earlier process.
+    first_refresh: bool,
     /// The registry's answer per host, and for which credential (a digest),
     /// so an unchanged credential is not verified again on every read.
     verified: BTreeMap<String, Checked>,
@@ -81,6 +84,7 @@ impl Entry {
             invalid: false,
             last_error: None,
             refreshed_at: None,
+            first_refresh: false,
             verified: BTreeMap::new(),
         }
     }
@@ -179,6 +183,8 @@ pub struct EntryReport {
     pub invalid: bool,
     pub last_error: Option<String>,
     pub refreshed_at: Option<DateTime<Utc>>,
+    /// `refreshed_at` is this process's first mint.
+    pub first_refresh: bool,
     pub serving: bool,
     /// Hosts whose last good credential has expired, with when: they are
     /// no longer distributed.
@@ -291,6 +297,7 @@ impl Credentials {
                     }
                     if entry.last_good != creds || entry.refreshed_at.is_none() || soonest.is_some()
                     {
+                        entry.first_refresh = entry.refreshed_at.is_none();
                         entry.refreshed_at = Some(now);
                     }
                     entry.last_good = creds;
@@ -356,6 +363,7 @@ impl Credentials {
                 invalid: e.invalid,
                 last_error: e.last_error.clone(),
                 refreshed_at: e.refreshed_at,
+                first_refresh: e.first_refresh,
                 serving: e
                     .last_good
                     .iter()
@@ -628,7 +636,10 @@ mod tests {
         let mut now = t0();
         let mut mints = Vec::new();
         while now < expiry {
-            script.lock().unwrap().push_back(Ok(vec![cred("old", expiry)]));
+            script
+                .lock()
+                .unwrap()
+                .push_back(Ok(vec![cred("old", expiry)]));
             let attempts = tick(&mut c, now).await;
             if let Some(a) = attempts.first() {
                 assert!(a.ok && a.short_lived && !a.clamped_expiry);
@@ -643,18 +654,33 @@ mod tests {
             }
             now = c.next_wakeup(now).unwrap();
         }
-        assert_eq!(mints[1] - mints[0], TimeDelta::seconds(15), "half the lifetime");
+        assert_eq!(
+            mints[1] - mints[0],
+            TimeDelta::seconds(15),
+            "half the lifetime"
+        );
         assert!(
-            mints.windows(2).all(|w| w[1] - w[0] >= TimeDelta::seconds(5)),
+            mints
+                .windows(2)
+                .all(|w| w[1] - w[0] >= TimeDelta::seconds(5)),
             "{mints:?}"
         );
         assert!(mints.len() <= 4, "{} mints in 30 s", mints.len());
         assert!(now - expiry <= TimeDelta::seconds(1), "woken at the expiry");
-        assert!(c.current(now)[0].1.is_empty(), "an expired token is dropped");
-        assert_eq!(c.reports(now)[0].expired, [(cred("x", expiry).host, expiry)]);
+        assert!(
+            c.current(now)[0].1.is_empty(),
+            "an expired token is dropped"
+        );
+        assert_eq!(
+            c.reports(now)[0].expired,
+            [(cred("x", expiry).host, expiry)]
+        );
         // A fresh token ends the short schedule.
         let fresh = now + TimeDelta::hours(1);
-        script.lock().unwrap().push_back(Ok(vec![cred("new", fresh)]));
+        script
+            .lock()
+            .unwrap()
+            .push_back(Ok(vec![cred("new", fresh)]));
         let at = c.next_wakeup(now).unwrap();
         assert!(at - now <= TimeDelta::from_std(BACKOFF_MAX).unwrap());
         let attempts = tick(&mut c, at).await;

@@ -109,7 +109,9 @@ pub fn next_refresh(
         jittered
     };
     Schedule {
-        at: now.checked_add_signed(wait).unwrap_or(DateTime::<Utc>::MAX_UTC),
+        at: now
+            .checked_add_signed(wait)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
         short,
     }
 }
@@ -217,7 +219,11 @@ mod tests {
         );
         assert!(sane_expiry(t0(), t0()).1);
         let soon = t0() + TimeDelta::seconds(10);
-        assert_eq!(sane_expiry(t0(), soon), (soon, false), "near is not bad data");
+        assert_eq!(
+            sane_expiry(t0(), soon),
+            (soon, false),
+            "near is not bad data"
+        );
         let fine = t0() + TimeDelta::minutes(5);
         assert_eq!(sane_expiry(t0(), fine), (fine, false));
     }

@@ -84,7 +84,10 @@ pub fn credentials_verdict(entries: &[EntryReport], hosts: usize) -> Verdict {
         .iter()
         .filter_map(|e| {
             let error = e.last_error.as_ref()?;
-            Some(format!("credentials[{}] ({}): {error}", e.index, e.provider))
+            Some(format!(
+                "credentials[{}] ({}): {error}",
+                e.index, e.provider
+            ))
         })
         .collect();
     if failing.is_empty() {
@@ -131,6 +134,9 @@ pub struct Observation<'a> {
     pub synced: u32,
     pub conflicts: &'a [String],
     pub warnings: Vec<String>,
+    /// The composed Secret was already as composed: nothing new was
+    /// distributed.
+    pub source_unchanged: bool,
     /// The total and the newest pull failures.
     pub pull_failures: (u64, Vec<PullFailureStatus>),
 }
@@ -179,7 +185,7 @@ pub fn build(
                 host: h.host.clone(),
                 provider: h.provider.into(),
                 expires_at: h.expires_at.map(rfc3339),
-                last_refresh_time: entry.and_then(|e| e.refreshed_at).map(rfc3339),
+                last_refresh_time: last_refresh_time(previous, obs, &h.host, entry),
                 last_error: entry.and_then(|e| e.last_error.clone()),
                 note: entry.and_then(|e| e.note.clone()),
                 verification: entry.and_then(|e| e.verified.get(&h.host)).map(|c| {
@@ -232,6 +238,33 @@ pub fn build(
     }
 }
 
+/// When the host's credential was last minted. A restarted controller mints
+/// again; if that changed nothing distributed, the recorded time still holds
+/// (and an unchanged restart writes no status).
+fn last_refresh_time(
+    previous: Option<&ClusterPullSecretStatus>,
+    obs: &Observation<'_>,
+    host: &str,
+    entry: Option<&EntryReport>,
+) -> Option<String> {
+    let entry = entry?;
+    let recorded = || {
+        previous?
+            .registries
+            .iter()
+            .find(|r| r.host == host)?
+            .last_refresh_time
+            .clone()
+    };
+    match (entry.first_refresh && obs.source_unchanged)
+        .then(recorded)
+        .flatten()
+    {
+        Some(recorded) => Some(recorded),
+        None => entry.refreshed_at.map(rfc3339),
+    }
+}
+
 /// A status for a resource whose spec cannot be acted on: the previous
 /// distribution facts are kept, the conditions say why.
 pub fn invalid(
@@ -280,6 +313,7 @@ mod tests {
             synced: 2,
             conflicts,
             warnings: vec![],
+            source_unchanged: false,
             pull_failures: (0, vec![]),
         }
     }
@@ -316,6 +350,7 @@ mod tests {
             invalid: false,
             last_error: error.map(String::from),
             refreshed_at: None,
+            first_refresh: false,
             serving: true,
             expired: vec![],
             note: note.map(String::from),
@@ -359,14 +394,22 @@ mod tests {
             invalid: false,
             last_error: Some("gar: metadata server unreachable".into()),
             refreshed_at: None,
+            first_refresh: false,
             serving: false,
             expired: vec![("europe-docker.pkg.dev".into(), at)],
             note: None,
             verified: Default::default(),
         }];
         let verdict = credentials_verdict(&entries, 0);
-        assert_eq!((verdict.status, verdict.reason.as_str()), ("False", EXPIRED));
-        assert!(verdict.message.contains("europe-docker.pkg.dev expired at 2026-12-06T05:00:00Z"));
+        assert_eq!(
+            (verdict.status, verdict.reason.as_str()),
+            ("False", EXPIRED)
+        );
+        assert!(
+            verdict
+                .message
+                .contains("europe-docker.pkg.dev expired at 2026-12-06T05:00:00Z")
+        );
         assert!(verdict.message.contains("metadata server unreachable"));
         let mut o = obs(&[]);
         o.credentials = verdict;
@@ -379,8 +422,15 @@ mod tests {
             host.last_error.as_deref(),
             Some("gar: metadata server unreachable")
         );
-        let ready = s.conditions.iter().find(|c| c.type_ == CREDENTIALS_READY).unwrap();
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", EXPIRED));
+        let ready = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CREDENTIALS_READY)
+            .unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", EXPIRED)
+        );
     }
 
     #[test]

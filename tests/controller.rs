@@ -74,6 +74,41 @@ async fn selected_namespaces_get_the_secret_and_default_sa_reference() {
     h.stop().await;
 }
 
+/// A restart with nothing changed sends no mutating request, not even a
+/// failed one. The copies' list arrives late, as from a loaded API server,
+/// after the resource itself is cached: a reconcile that did not wait for
+/// every cache would find the source Secret missing and create it (a 409).
+#[tokio::test]
+async fn a_restart_with_nothing_changed_writes_nothing() {
+    let mut h = with_dockerhub(dockerhub_spec(), &["a", "b"]).await;
+    wait_for("synced", T, || synced(&h, "a") && synced(&h, "b")).await;
+    wait_for("Ready", T, || {
+        h.condition("company", "Ready").map(|c| c.0) == Some("True".into())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.server.clear_requests();
+    h.server.inject_fault(
+        Fault::slow("/api/v1/secrets", Duration::from_millis(1500)).method(Method::GET),
+    );
+    h.restart().await;
+    wait_for("a reconcile after the restart", T, || {
+        reconciles(&h, "company") > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let requests = h.server.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "GET" && r.path == "/api/v1/secrets"),
+        "the copies were listed again"
+    );
+    let writes = h.server.writes();
+    assert!(writes.is_empty(), "the restart wrote: {writes:#?}");
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn steady_state_makes_zero_writes() {
     let h = with_dockerhub(dockerhub_spec(), &["a", "b", "c"]).await;

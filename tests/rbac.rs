@@ -16,9 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use kube::CustomResourceExt;
 use regbridge::controller::{self, Config};
-use regbridge::crd::ClusterPullSecret;
 use regbridge::health::Health;
 use regbridge::metrics::Metrics;
 use regbridge_standin::{Fault, Method, RequestRecord, Resource, StandIn};

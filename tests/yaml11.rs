@@ -74,10 +74,7 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
         // Helm templates are checked as rendered, below.
         if path.is_dir() && !path.ends_with("templates") {
             yaml_files(&path, out);
-        } else if path
-            .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml")
-        {
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             out.push(path);
         }
     }
@@ -148,7 +145,11 @@ fn every_shipped_yaml_means_the_same_under_yaml_1_1_and_1_2() {
         let new = Value::Array(yaml12(&text));
         let mut found = Vec::new();
         differences("", &new, old, &mut found);
-        problems.extend(found.into_iter().map(|d| format!("{}: {d}", file.display())));
+        problems.extend(
+            found
+                .into_iter()
+                .map(|d| format!("{}: {d}", file.display())),
+        );
     }
     std::fs::remove_dir_all(&scratch).ok();
     assert!(
@@ -176,9 +177,10 @@ fn the_checker_finds_what_yaml_1_1_reads_differently() {
         &mut found,
     );
     std::fs::remove_dir_all(&dir).ok();
-    let keys: Vec<&str> = found
-        .iter()
-        .map(|d| d.split(':').next().unwrap())
-        .collect();
-    assert_eq!(keys, ["[0].a", "[0].b", "[0].c", "[0].d", "[0].e"], "{found:#?}");
+    let keys: Vec<&str> = found.iter().map(|d| d.split(':').next().unwrap()).collect();
+    assert_eq!(
+        keys,
+        ["[0].a", "[0].b", "[0].c", "[0].d", "[0].e"],
+        "{found:#?}"
+    );
 }

@@ -49,39 +49,52 @@ impl Harness {
         seed(&server);
         let config = kube::Config::new(server.url().parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
-        let health = Arc::new(Health::default());
-        let metrics = Arc::new(Metrics::default());
+        let mut h = Self {
+            server,
+            client,
+            health: Arc::default(),
+            metrics: Arc::default(),
+            stop: None,
+            task: None,
+        };
+        h.run_controller().await;
+        h
+    }
+
+    /// Starts the controller, as a new process would: fresh caches, health
+    /// and metrics. Returns once its caches have synced.
+    async fn run_controller(&mut self) {
+        self.health = Arc::new(Health::default());
+        self.metrics = Arc::new(Metrics::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run(
-            client.clone(),
+        self.task = Some(tokio::spawn(controller::run(
+            self.client.clone(),
             Config {
                 namespace: CONTROLLER_NS.into(),
                 write_concurrency: 32,
                 instance: "test".into(),
             },
-            health.clone(),
-            metrics.clone(),
+            self.health.clone(),
+            self.metrics.clone(),
             async move {
                 let _ = stopped.await;
             },
-        ));
-        let h = Self {
-            server,
-            client,
-            health,
-            metrics,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        let health = h.health.clone();
+        )));
+        self.stop = Some(stop);
+        let health = self.health.clone();
         wait_for("caches to sync", Duration::from_secs(10), || {
             health.ready(Instant::now()).is_ok()
         })
         .await;
-        h
     }
 
-    pub async fn stop(mut self) {
+    /// Stops the controller and starts it again against the same server.
+    pub async fn restart(&mut self) {
+        self.shut_down().await;
+        self.run_controller().await;
+    }
+
+    async fn shut_down(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -92,6 +105,10 @@ impl Harness {
                 "the controller shuts down within 5 s when asked"
             );
         }
+    }
+
+    pub async fn stop(mut self) {
+        self.shut_down().await;
     }
 
     /// Creates the ClusterPullSecret `name` with `spec`.

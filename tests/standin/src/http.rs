@@ -156,6 +156,7 @@ async fn handle(
         headers,
         body,
     };
+    let mut delay = None;
     {
         let mut st = sh.lock();
         st.requests.push(RequestRecord {
@@ -171,31 +172,43 @@ async fn handle(
                 }))
             },
         });
-        if let Some(f) = st.faults.iter_mut().find(|f| {
+        let matched = st.faults.iter_mut().find(|f| {
             f.times > 0
                 && f.method.as_ref().is_none_or(|m| *m == req.method)
                 && req.path.contains(&f.path_contains)
-        }) {
+        });
+        if let Some(f) = matched {
             f.times -= 1;
-            let (code, reason) = (f.status, f.reason.clone());
+            let fault = f.clone();
             st.faults.retain(|f| f.times > 0);
-            let mut body = ApiError::new(
-                code,
-                Some(&reason),
-                &format!("injected fault: {reason}"),
-                Some(json!({})),
-            )
-            .body;
-            if code == 429 || code == 503 || code == 504 {
-                body["details"]["retryAfterSeconds"] = json!(1);
+            match fault.delay {
+                Some(by) => delay = Some(by),
+                None => return fault_response(fault.status, &fault.reason),
             }
-            return respond(code, &body, &[]);
         }
+    }
+    if let Some(by) = delay {
+        tokio::time::sleep(by).await;
     }
     match route(&sh, req).await {
         Ok(r) => r,
         Err(e) => error_response(e),
     }
+}
+
+/// The Status an injected failure answers with.
+fn fault_response(code: u16, reason: &str) -> Response {
+    let mut body = ApiError::new(
+        code,
+        Some(reason),
+        &format!("injected fault: {reason}"),
+        Some(json!({})),
+    )
+    .body;
+    if code == 429 || code == 503 || code == 504 {
+        body["details"]["retryAfterSeconds"] = json!(1);
+    }
+    respond(code, &body, &[])
 }
 
 async fn route(sh: &Arc<Shared>, req: Req) -> Result<Response, ApiError> {

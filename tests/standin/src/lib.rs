@@ -135,7 +135,8 @@ impl RequestRecord {
     }
 }
 
-/// The next `times` requests whose method and path match fail with `status`.
+/// The next `times` requests whose method and path match fail with `status`,
+/// or, with `delay`, are answered normally but that much later.
 #[derive(Debug, Clone)]
 pub struct Fault {
     pub method: Option<Method>,
@@ -143,6 +144,7 @@ pub struct Fault {
     pub status: u16,
     pub reason: String,
     pub times: usize,
+    pub delay: Option<std::time::Duration>,
 }
 
 impl Fault {
@@ -165,6 +167,15 @@ impl Fault {
             status,
             reason: reason.into(),
             times: 1,
+            delay: None,
+        }
+    }
+    /// Requests on paths containing `path_contains` answered `by` late,
+    /// once: a list that takes its time, as on a loaded API server.
+    pub fn slow(path_contains: impl Into<String>, by: std::time::Duration) -> Self {
+        Fault {
+            delay: Some(by),
+            ..Fault::new(path_contains, 200)
         }
     }
     pub fn method(mut self, m: Method) -> Self {
