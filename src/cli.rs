@@ -21,6 +21,12 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "REGBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// A PEM bundle of CA certificates to trust besides the system store
+    /// (which `SSL_CERT_FILE` and `SSL_CERT_DIR` replace, as for OpenSSL),
+    /// for registry verification and every provider's HTTPS calls. The
+    /// chart's `extraCA` value mounts one from a ConfigMap or Secret.
+    #[arg(long, global = true, env = "REGBRIDGE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

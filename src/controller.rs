@@ -20,7 +20,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use regbridge_providers::spec::CredentialSpec;
-use regbridge_providers::{BuildContext, Verification, Verifier};
+use regbridge_providers::{BuildContext, Trust, Verification, Verifier};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
@@ -81,6 +81,8 @@ pub struct Config {
     pub write_concurrency: usize,
     /// This replica's name in Events.
     pub instance: String,
+    /// What registry handshakes and providers trust (`--ca-file`).
+    pub trust: Trust,
 }
 
 /// The caches the planner reads.
@@ -448,10 +450,10 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
     }
     let state = ctx.state_of(&cps.uid().unwrap_or_default());
     let mut state = state.lock().await;
-    if let Err((i, e)) = state
-        .credentials
-        .update_specs(&cps.spec.credentials, &BuildContext::new(&name))
-    {
+    if let Err((i, e)) = state.credentials.update_specs(
+        &cps.spec.credentials,
+        &BuildContext::new(&name).with_trust(ctx.config.trust.clone()),
+    ) {
         return reject(
             ctx,
             &cps,
@@ -1028,13 +1030,16 @@ pub async fn run(
         },
     );
     let selections = Arc::new(SelectionCache::default());
+    let verifier = Verifier::default()
+        .with_trust(config.trust.clone())
+        .expect("a Trust holds only roots a client was already built with");
     let ctx = Arc::new(Context {
         client,
         config,
         stores: stores.clone(),
         metrics,
         recorder,
-        verifier: Verifier::default(),
+        verifier,
         pull_feedback: PullFeedback::default(),
         state: Mutex::default(),
         failures: Mutex::default(),

@@ -90,32 +90,21 @@ impl Entry {
     }
 
     /// The handshake client for this entry: the shared one, plus the
-    /// provider's own CA where it has one (Harbor's `caSecretRef`).
+    /// entry's own CA where it has one (`caSecretRef`).
     async fn verifier_for(
         &self,
         shared: &Verifier,
         cluster: &dyn Cluster,
     ) -> Result<Verifier, String> {
-        let CredentialSpec::Harbor(spec) = &self.spec else {
+        let Some(reference) = self.spec.ca_secret_ref() else {
             return Ok(shared.clone());
         };
-        let Some(reference) = &spec.ca_secret_ref else {
-            return Ok(shared.clone());
-        };
-        let what = format!("CA Secret {}/{}", reference.namespace, reference.name);
-        let secret = cluster
-            .secret(reference)
+        let trust = shared
+            .trust()
+            .with_secret(cluster, reference)
             .await
-            .map_err(|e| format!("{what}: {e}"))?
-            .ok_or_else(|| format!("{what} not found"))?;
-        let pem = secret
-            .data
-            .get("ca.crt")
-            .ok_or_else(|| format!("{what} has no `ca.crt` key"))?;
-        shared
-            .clone()
-            .with_ca(pem)
-            .map_err(|e| format!("{what}: {e}"))
+            .map_err(|e| e.to_string())?;
+        shared.with_trust(trust).map_err(|e| e.to_string())
     }
 
     /// Verifies what changed since the last handshake; returns the first

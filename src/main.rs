@@ -9,7 +9,7 @@ use regbridge::health::{self, Health};
 use regbridge::metrics::Metrics;
 use regbridge::webhook::{self, WebhookConfig};
 use regbridge::{crd, leader, mint, telemetry};
-use regbridge_providers::Verifier;
+use regbridge_providers::{Trust, Verifier};
 use tracing::info;
 
 #[tokio::main]
@@ -24,18 +24,29 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// What every HTTPS client trusts: the system store, plus `--ca-file`.
+fn trust(ca_file: Option<&std::path::Path>) -> anyhow::Result<Trust> {
+    let system = Trust::system();
+    match ca_file {
+        Some(path) => system.with_file(path).context("--ca-file"),
+        None => Ok(system),
+    }
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => print!("{}", crd::crd_yaml()),
         Command::Mint(args) => {
-            let composed = mint::mint(&args.config).await?;
+            let trust = trust(cli.ca_file.as_deref())?;
+            let composed = mint::mint(&args.config, &trust).await?;
             if args.reveal {
                 println!("{}", String::from_utf8_lossy(&composed.dockerconfigjson));
             } else {
                 print!("{}", mint::render_redacted(&composed));
             }
             if args.verify {
-                let verifier = Verifier::new(Duration::from_secs(args.verify_timeout));
+                let verifier =
+                    Verifier::new(Duration::from_secs(args.verify_timeout)).with_trust(trust)?;
                 let results = mint::verify(&composed, &verifier).await;
                 let table = mint::render_verification(&results);
                 if args.reveal {
@@ -54,13 +65,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             telemetry::init(cli.log_format);
-            run(args).await?;
+            run(args, trust(cli.ca_file.as_deref())?).await?;
         }
     }
     Ok(())
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(args: RunArgs, trust: Trust) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
@@ -107,6 +118,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = Config {
         namespace: args.namespace.clone(),
         write_concurrency: args.write_concurrency,
+        trust,
         instance: instance.clone(),
     };
     let work = || {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use chrono::Utc;
 use regbridge_providers::spec::CredentialSpec;
-use regbridge_providers::{BuildContext, NoCluster, Verification, Verifier, dockerconfig};
+use regbridge_providers::{BuildContext, NoCluster, Trust, Verification, Verifier, dockerconfig};
 use serde::Deserialize;
 
 use crate::compose::{Composed, compose};
@@ -30,7 +30,7 @@ struct MintConfig {
 }
 
 /// Mints every entry once and composes the result.
-pub async fn mint(path: &Path) -> Result<Composed, MintError> {
+pub async fn mint(path: &Path, trust: &Trust) -> Result<Composed, MintError> {
     let text = std::fs::read_to_string(path).map_err(|e| MintError::Read {
         path: path.display().to_string(),
         reason: e.kind().to_string(),
@@ -62,7 +62,7 @@ pub async fn mint(path: &Path) -> Result<Composed, MintError> {
         .collect();
     let mut creds = Credentials::default();
     creds
-        .update_specs(&specs, &BuildContext::new("mint"))
+        .update_specs(&specs, &BuildContext::new("mint").with_trust(trust.clone()))
         .map_err(|(index, e)| MintError::Entry {
             index,
             reason: e.to_string(),
@@ -198,7 +198,7 @@ mod tests {
             "mint.yaml",
             "credentials:\n  - static:\n      file: a.json\n",
         );
-        let composed = mint(&cfg).await.unwrap();
+        let composed = mint(&cfg, &Trust::system()).await.unwrap();
         let text = render_redacted(&composed);
         assert!(text.contains("registry.example.com"));
         assert!(text.contains("static"));
@@ -251,7 +251,7 @@ mod tests {
             "mint.yaml",
             "credentials:\n  - static:\n      secretRef: {namespace: regbridge, name: x}\n",
         );
-        let err = mint(&cfg).await.unwrap_err().to_string();
+        let err = mint(&cfg, &Trust::system()).await.unwrap_err().to_string();
         assert!(
             err.contains("credentials[0]") && err.contains("file:"),
             "{err}"
@@ -262,7 +262,7 @@ mod tests {
     async fn unknown_keys_are_rejected_with_the_path() {
         let dir = tempdir("bad");
         let cfg = write(&dir, "mint.yaml", "credential: []\n");
-        let err = mint(&cfg).await.unwrap_err().to_string();
+        let err = mint(&cfg, &Trust::system()).await.unwrap_err().to_string();
         assert!(err.contains("mint.yaml"), "{err}");
     }
 }

@@ -359,6 +359,43 @@ fn custom_values_reach_every_optional_part() {
     assert!(r.grants("", "serviceaccounts/token", "create"));
 }
 
+/// `extraCA` mounts the bundle read-only and hands the controller its path:
+/// the path the controller reads (`--ca-file`) is the mounted key.
+#[test]
+fn extra_ca_is_mounted_where_the_controller_reads_it() {
+    let Some(custom) = Rendering::load("custom.yaml") else {
+        return;
+    };
+    let pod = &custom.one("Deployment")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "extra-ca")
+        .expect("an extra-ca volume");
+    assert_eq!(volume["configMap"]["name"], "corp-ca");
+    assert_eq!(
+        volume["configMap"]["items"],
+        json!([{"key": "bundle.pem", "path": "bundle.pem"}])
+    );
+    let mount = custom.container()["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "extra-ca")
+        .expect("mounted");
+    assert_eq!(mount["readOnly"], true);
+    let file = custom.env()["REGBRIDGE_CA_FILE"]["value"].clone();
+    assert_eq!(
+        file,
+        format!("{}/bundle.pem", mount["mountPath"].as_str().unwrap())
+    );
+    let Some(default) = Rendering::load("default.yaml") else {
+        return;
+    };
+    assert!(!default.env().contains_key("REGBRIDGE_CA_FILE"));
+}
+
 #[test]
 fn cluster_pull_secrets_from_values_parse_as_the_resource() {
     let Some(r) = Rendering::load("custom.yaml") else {

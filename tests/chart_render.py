@@ -50,6 +50,7 @@ CUSTOM_VALUES = {
         },
     },
     "perTenantIdentity": {"enabled": True},
+    "extraCA": {"configMap": "corp-ca", "key": "bundle.pem"},
     "metrics": {
         "port": 9090,
         "service": {"type": "ClusterIP", "port": 9090, "annotations": {"team": "platform"}},

@@ -89,9 +89,12 @@ fn every_example_resource_parses_as_a_cluster_pull_secret() {
 
 #[tokio::test]
 async fn readme_mint_command_works_on_the_shipped_example() {
-    let composed = regbridge::mint::mint(&repo().join("deploy/examples/mint-static.yaml"))
-        .await
-        .expect("the README's first command succeeds");
+    let composed = regbridge::mint::mint(
+        &repo().join("deploy/examples/mint-static.yaml"),
+        &regbridge_providers::Trust::system(),
+    )
+    .await
+    .expect("the README's first command succeeds");
     assert_eq!(composed.hosts.len(), 2);
     let report = regbridge::mint::render_redacted(&composed);
     assert!(!report.contains("example-password-not-real"));

@@ -14,20 +14,20 @@ struct Registry {
     password: String,
 }
 
-/// The registry peer, or `None` after a loud SKIP (a failure with
-/// `REGBRIDGE_REQUIRE_PEERS=1`).
-fn registry() -> Option<Registry> {
-    let url = match std::env::var("REGBRIDGE_REGISTRY_URL") {
+/// The registry peer whose address is in `url_var`, or `None` after a loud
+/// SKIP (a failure with `REGBRIDGE_REQUIRE_PEERS=1`).
+fn registry_at(url_var: &str) -> Option<Registry> {
+    let url = match std::env::var(url_var) {
         Ok(v) if !v.trim().is_empty() => v.trim().trim_end_matches('/').to_owned(),
         _ => {
             if std::env::var("REGBRIDGE_REQUIRE_PEERS").as_deref() == Ok("1") {
                 panic!(
-                    "REGBRIDGE_REGISTRY_URL is unset, and REGBRIDGE_REQUIRE_PEERS=1 makes a missing peer a failure"
+                    "{url_var} is unset, and REGBRIDGE_REQUIRE_PEERS=1 makes a missing peer a failure"
                 );
             }
             let _ = writeln!(
                 std::io::stderr(),
-                "\n*** SKIP: REGBRIDGE_REGISTRY_URL is unset, so this peer test did not run (tests/run.sh starts the peers) ***\n"
+                "\n*** SKIP: {url_var} is unset, so this peer test did not run (tests/run.sh starts the peers) ***\n"
             );
             return None;
         }
@@ -38,6 +38,10 @@ fn registry() -> Option<Registry> {
         user: var("REGBRIDGE_REGISTRY_USER"),
         password: var("REGBRIDGE_REGISTRY_PASSWORD"),
     })
+}
+
+fn registry() -> Option<Registry> {
+    registry_at("REGBRIDGE_REGISTRY_URL")
 }
 
 fn workdir(tag: &str) -> PathBuf {
@@ -77,10 +81,26 @@ fn mint_config(dir: &Path, entries: &[(&str, &str, &str)]) -> PathBuf {
 }
 
 fn mint_verify(config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_regbridge"))
+    mint_verify_with(config, &[])
+}
+
+/// `regbridge mint --verify` with these variables set over an environment
+/// that trusts only the system store.
+fn mint_verify_with(config: &Path, env: &[(&str, &Path)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_regbridge"));
+    command
         .args(["mint", "--verify", "--verify-timeout", "10", "--config"])
-        .arg(config)
-        .env_remove("REGBRIDGE_MINT_VERIFY")
+        .arg(config);
+    for var in [
+        "REGBRIDGE_MINT_VERIFY",
+        "REGBRIDGE_CA_FILE",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .envs(env.iter().copied())
         .output()
         .expect("the regbridge binary runs")
 }
@@ -158,4 +178,64 @@ fn a_rejected_host_is_reported_and_fails_the_command() {
     for text in [&stdout, &stderr] {
         assert!(!text.contains(&wrong_password), "{text}");
     }
+}
+
+/// A registry behind a private CA (`REGBRIDGE_TLS_REGISTRY_URL`, its CA in
+/// `REGBRIDGE_TLS_REGISTRY_CA`) is trusted the ways a node or a laptop
+/// trusts it: the system store as `SSL_CERT_FILE` names it, or the bundle
+/// the chart's `extraCA` mounts, which the controller reads as
+/// `REGBRIDGE_CA_FILE`. Without either, it is `Unreachable` for an unknown
+/// issuer.
+#[test]
+fn a_private_ca_is_trusted_through_the_system_store_or_the_ca_file() {
+    let Some(reg) = registry_at("REGBRIDGE_TLS_REGISTRY_URL") else {
+        return;
+    };
+    let ca = PathBuf::from(std::env::var("REGBRIDGE_TLS_REGISTRY_CA").expect("the CA's path"));
+    let dir = workdir("private-ca");
+    let config = mint_config(&dir, &[(&reg.host, &reg.user, &reg.password)]);
+
+    let out = mint_verify_with(&config, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "an unreachable host does not fail: {stdout}"
+    );
+    let (result, message) = row(&stdout, &reg.host);
+    assert_eq!(result, "Unreachable", "{stdout}");
+    assert!(message.contains("UnknownIssuer"), "{message}");
+
+    for var in ["SSL_CERT_FILE", "REGBRIDGE_CA_FILE"] {
+        let out = mint_verify_with(&config, &[(var, &ca)]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{var}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(row(&stdout, &reg.host), ("Verified", ""), "{var}: {stdout}");
+        assert!(!stdout.contains(&reg.password), "{stdout}");
+    }
+
+    // Trusting the CA does not make a wrong password pass.
+    let wrong = format!("{}-wrong", reg.password);
+    let config = mint_config(&dir, &[(&reg.host, &reg.user, &wrong)]);
+    let out = mint_verify_with(&config, &[("REGBRIDGE_CA_FILE", &ca)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert_eq!(row(&stdout, &reg.host).0, "Rejected", "{stdout}");
+}
+
+/// `--ca-file` naming a file that is not there stops the command, naming
+/// the flag and the file, before anything is minted.
+#[test]
+fn a_missing_ca_file_is_an_error_naming_it() {
+    let dir = workdir("missing-ca");
+    let config = mint_config(&dir, &[("registry.example", "u", "p")]);
+    let missing = dir.join("no-such-ca.pem");
+    let out = mint_verify_with(&config, &[("REGBRIDGE_CA_FILE", &missing)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--ca-file"), "{stderr}");
+    assert!(stderr.contains("no-such-ca.pem"), "{stderr}");
 }

@@ -320,6 +320,7 @@ async fn run_scenario() -> Vec<RequestRecord> {
     let config = Config {
         namespace: CONTROLLER_NS.into(),
         write_concurrency: 8,
+        trust: regbridge_providers::Trust::system(),
         instance: "rbac-test".into(),
     };
     server

@@ -91,7 +91,8 @@ free_port() {
 wait_for() {
   local name="$1" url="$2" logfile="$3" i
   for i in $(seq 1 120); do
-    if curl -s -o /dev/null "$url"; then
+    # shellcheck disable=SC2086 # the URL may carry curl options (--cacert)
+    if curl -s -o /dev/null $url; then
       return
     fi
     sleep 0.5
@@ -138,6 +139,48 @@ EOF
   export REGBRIDGE_REGISTRY_USER="$REGISTRY_USER"
   export REGBRIDGE_REGISTRY_PASSWORD="$REGISTRY_PASSWORD"
   log "docker-registry at $REGBRIDGE_REGISTRY_URL (htpasswd)"
+}
+
+# The same registry and account over HTTPS, with a certificate from a private
+# CA made here: the case of on-prem Harbor, Nexus or GitLab behind a company
+# CA. Nothing on this machine trusts that CA unless a test says so.
+start_tls_registry() {
+  local port dir="$PEERS/tls-registry"
+  port="$(free_port)"
+  rm -rf "$dir"
+  mkdir -p "$dir/storage"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=regbridge test private CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$dir/server.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 2 -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null
+  cat >"$dir/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/storage
+http:
+  addr: 127.0.0.1:$port
+  tls:
+    certificate: $dir/server.crt
+    key: $dir/server.key
+auth:
+  htpasswd:
+    realm: regbridge-e2e-tls
+    path: $PEERS/registry/htpasswd
+EOF
+  docker-registry serve "$dir/config.yml" >"$PEERS/tls-registry.log" 2>&1 &
+  PIDS+=("$!")
+  wait_for docker-registry-tls "https://127.0.0.1:$port/v2/ --cacert $dir/ca.crt" "$PEERS/tls-registry.log"
+  export REGBRIDGE_TLS_REGISTRY_URL="127.0.0.1:$port"
+  export REGBRIDGE_TLS_REGISTRY_CA="$dir/ca.crt"
+  log "docker-registry at https://$REGBRIDGE_TLS_REGISTRY_URL (htpasswd, private CA)"
 }
 
 check_fmt() {
@@ -200,6 +243,7 @@ main() {
   install_helm_sdkpy
   start_moto
   start_registry
+  start_tls_registry
   for step in "${steps[@]}"; do
     "$step"
   done

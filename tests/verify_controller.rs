@@ -32,6 +32,78 @@ fn registry_status(h: &Harness) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A registry behind a private CA (`REGBRIDGE_TLS_REGISTRY_URL`, its CA in
+/// `REGBRIDGE_TLS_REGISTRY_CA`): this process trusts only the system store,
+/// which lacks that CA, so the entry's `caSecretRef` is what makes it
+/// verifiable, and without it the registry is `Unreachable`.
+#[tokio::test]
+async fn a_ca_secret_ref_verifies_a_registry_behind_a_private_ca() {
+    let (Some(url), Some(ca), Some(user), Some(password)) = (
+        peer("REGBRIDGE_TLS_REGISTRY_URL"),
+        peer("REGBRIDGE_TLS_REGISTRY_CA"),
+        peer("REGBRIDGE_REGISTRY_USER"),
+        peer("REGBRIDGE_REGISTRY_PASSWORD"),
+    ) else {
+        return;
+    };
+    let pem = std::fs::read(&ca).expect("the test CA");
+    let h = Harness::start_with(|s| {
+        s.create(
+            &Resource::SECRETS,
+            Some(CONTROLLER_NS),
+            registry_secret(&url, &user, &password),
+        )
+        .unwrap();
+        s.create(
+            &Resource::SECRETS,
+            Some(CONTROLLER_NS),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "corp-ca", "namespace": CONTROLLER_NS},
+                   "data": {"ca.crt": STANDARD.encode(&pem)}}),
+        )
+        .unwrap();
+        namespace_with_default_sa(s, "a", json!({}));
+    })
+    .await;
+    let entry = |ca: bool| {
+        let mut e = json!({"secretRef": {"namespace": CONTROLLER_NS, "name": "registry"}});
+        if ca {
+            e["caSecretRef"] = json!({"namespace": CONTROLLER_NS, "name": "corp-ca"});
+        }
+        json!({"secretName": "regcred", "credentials": [{"static": e}]})
+    };
+    h.create_resource("company", entry(false));
+    wait_for("Unreachable without the CA", T, || {
+        registry_status(&h)["verification"]["result"] == "Unreachable"
+    })
+    .await;
+    let message = registry_status(&h)["verification"]["message"].clone();
+    assert!(
+        message
+            .as_str()
+            .unwrap_or_default()
+            .contains("UnknownIssuer"),
+        "{message}"
+    );
+
+    let mut cps = h.cps("company").unwrap();
+    cps["spec"] = entry(true);
+    h.server
+        .update(&Resource::CLUSTER_PULL_SECRETS, None, cps)
+        .unwrap();
+    wait_for("Verified with caSecretRef", T, || {
+        registry_status(&h)["verification"]["result"] == "Verified"
+    })
+    .await;
+    wait_for("Verified=True", T, || {
+        h.condition("company", "Verified").map(|c| c.0) == Some("True".into())
+    })
+    .await;
+    let status = h.cps("company").unwrap()["status"].to_string();
+    assert!(!status.contains(&password), "{status}");
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn enforce_keeps_a_rejected_credential_out_of_every_namespace() {
     let (Some(url), Some(user), Some(password)) = (

@@ -31,8 +31,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::OnceCell;
 
 use crate::aws_errors::sdk_error;
-use crate::factory::deadline;
+use crate::factory::{BuildContext, deadline};
 use crate::spec::{EcrSpec, ServiceAccountRef};
+use crate::trust::Trust;
 use crate::{Cluster, Provider, ProviderError, Redacted, RegistryCredential};
 
 const NAME: &str = "ecr";
@@ -44,6 +45,7 @@ pub(crate) const SESSION_NAME: &str = "regbridge";
 pub(crate) struct EcrProvider {
     spec: EcrSpec,
     timeout: Duration,
+    trust: Trust,
     /// The base config (and with it the default chain's credential cache),
     /// loaded on first use.
     base: OnceCell<SdkConfig>,
@@ -53,7 +55,7 @@ pub(crate) struct EcrProvider {
 }
 
 impl EcrProvider {
-    pub(crate) fn new(spec: EcrSpec, timeout: Duration) -> Result<Self, ProviderError> {
+    pub(crate) fn new(spec: EcrSpec, ctx: &BuildContext) -> Result<Self, ProviderError> {
         if spec.region.trim().is_empty() {
             return Err(ProviderError::InvalidSpec("ecr: region is required".into()));
         }
@@ -70,7 +72,8 @@ impl EcrProvider {
         }
         Ok(Self {
             spec,
-            timeout,
+            timeout: ctx.timeout,
+            trust: ctx.trust.clone(),
             base: OnceCell::new(),
             client: OnceCell::new(),
         })
@@ -78,7 +81,7 @@ impl EcrProvider {
 
     async fn base(&self) -> &SdkConfig {
         self.base
-            .get_or_init(|| load_base_config(Region::new(self.spec.region.clone())))
+            .get_or_init(|| load_base_config(Region::new(self.spec.region.clone()), &self.trust))
             .await
     }
 
@@ -174,10 +177,11 @@ impl Provider for EcrProvider {
 /// client. Every AWS client here derives from this config, the default
 /// chain's own STS and IMDS clients included, so none needs the SDK's default
 /// client (which would compile in a second rustls crypto provider).
-pub(crate) async fn load_base_config(region: Region) -> SdkConfig {
+pub(crate) async fn load_base_config(region: Region, trust: &Trust) -> SdkConfig {
     use aws_smithy_http_client::tls::{Provider as Tls, rustls_provider::CryptoMode};
     let https = aws_smithy_http_client::Builder::new()
         .tls_provider(Tls::Rustls(CryptoMode::Ring))
+        .tls_context(trust.aws_tls_context())
         .build_https();
     aws_config::defaults(BehaviorVersion::latest())
         .region(region)
@@ -320,11 +324,11 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            EcrProvider::new(spec, Duration::from_secs(1)),
+            EcrProvider::new(spec, &BuildContext::new("res")),
             Err(ProviderError::InvalidSpec(_))
         ));
         let no_region = EcrSpec::default();
-        assert!(EcrProvider::new(no_region, Duration::from_secs(1)).is_err());
+        assert!(EcrProvider::new(no_region, &BuildContext::new("res")).is_err());
     }
 
     #[test]

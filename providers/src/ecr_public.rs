@@ -13,8 +13,9 @@ use tokio::sync::OnceCell;
 
 use crate::aws_errors::sdk_error;
 use crate::ecr::{assume_role_provider, decode_token, load_base_config, to_chrono};
-use crate::factory::deadline;
+use crate::factory::{BuildContext, deadline};
 use crate::spec::EcrPublicSpec;
+use crate::trust::Trust;
 use crate::{Cluster, Provider, ProviderError, RegistryCredential};
 
 const NAME: &str = "ecrPublic";
@@ -26,14 +27,16 @@ pub(crate) const HOST: &str = "public.ecr.aws";
 pub(crate) struct EcrPublicProvider {
     spec: EcrPublicSpec,
     timeout: Duration,
+    trust: Trust,
     client: OnceCell<aws_sdk_ecrpublic::Client>,
 }
 
 impl EcrPublicProvider {
-    pub(crate) fn new(spec: EcrPublicSpec, timeout: Duration) -> Self {
+    pub(crate) fn new(spec: EcrPublicSpec, ctx: &BuildContext) -> Self {
         Self {
             spec,
-            timeout,
+            timeout: ctx.timeout,
+            trust: ctx.trust.clone(),
             client: OnceCell::new(),
         }
     }
@@ -41,7 +44,7 @@ impl EcrPublicProvider {
     async fn client(&self) -> &aws_sdk_ecrpublic::Client {
         self.client
             .get_or_init(|| async {
-                let base: SdkConfig = load_base_config(Region::new(REGION)).await;
+                let base: SdkConfig = load_base_config(Region::new(REGION), &self.trust).await;
                 let mut conf = aws_sdk_ecrpublic::config::Builder::from(&base);
                 if let Some(role) = &self.spec.role_arn {
                     conf = conf.credentials_provider(assume_role_provider(&base, role, None).await);

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 
 use crate::spec::CredentialSpec;
 use crate::static_creds::StaticProvider;
+use crate::trust::{Trust, TrustError};
 use crate::{Cluster, RegistryCredential, SourceError};
 
 /// Mints the credentials of one `credentials:` entry. One instance lives as
@@ -54,6 +55,8 @@ pub enum ProviderError {
     File { path: String, reason: String },
     #[error(transparent)]
     Cluster(#[from] SourceError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     #[error("{provider}: {reason}")]
     Remote {
         provider: &'static str,
@@ -74,6 +77,8 @@ pub struct BuildContext {
     pub resource_name: String,
     /// Upper bound on one `mint` or `cleanup` call, remote retries included.
     pub timeout: Duration,
+    /// What the provider's HTTPS clients trust (`--ca-file` included).
+    pub trust: Trust,
 }
 
 impl BuildContext {
@@ -84,7 +89,13 @@ impl BuildContext {
         Self {
             resource_name: resource_name.into(),
             timeout: Self::DEFAULT_TIMEOUT,
+            trust: Trust::system(),
         }
+    }
+
+    pub fn with_trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
     }
 }
 
@@ -98,24 +109,18 @@ pub fn build(
     match spec {
         CredentialSpec::Static(s) => Ok(Box::new(StaticProvider::new(s.clone())?)),
         #[cfg(feature = "ecr")]
-        CredentialSpec::Ecr(s) => Ok(Box::new(crate::ecr::EcrProvider::new(
-            s.clone(),
-            ctx.timeout,
-        )?)),
+        CredentialSpec::Ecr(s) => Ok(Box::new(crate::ecr::EcrProvider::new(s.clone(), ctx)?)),
         #[cfg(not(feature = "ecr"))]
         CredentialSpec::Ecr(_) => Err(ProviderError::NotCompiledIn("ecr")),
         #[cfg(feature = "ecr")]
         CredentialSpec::EcrPublic(s) => Ok(Box::new(crate::ecr_public::EcrPublicProvider::new(
             s.clone(),
-            ctx.timeout,
+            ctx,
         ))),
         #[cfg(not(feature = "ecr"))]
         CredentialSpec::EcrPublic(_) => Err(ProviderError::NotCompiledIn("ecr")),
         #[cfg(feature = "gar")]
-        CredentialSpec::Gar(s) => Ok(Box::new(crate::gar::GarProvider::new(
-            s.clone(),
-            ctx.timeout,
-        )?)),
+        CredentialSpec::Gar(s) => Ok(Box::new(crate::gar::GarProvider::new(s.clone(), ctx)?)),
         #[cfg(not(feature = "gar"))]
         CredentialSpec::Gar(_) => Err(ProviderError::NotCompiledIn("gar")),
         #[cfg(feature = "harbor")]

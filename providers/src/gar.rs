@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::factory::deadline;
+use crate::factory::{BuildContext, deadline};
 use crate::http_errors;
 use crate::spec::{GarSpec, SecretRef};
 use crate::{Cluster, Provider, ProviderError, Redacted, RegistryCredential};
@@ -60,14 +60,17 @@ struct MetadataToken {
 }
 
 impl GarProvider {
-    pub(crate) fn new(spec: GarSpec, timeout: Duration) -> Result<Self, ProviderError> {
+    pub(crate) fn new(spec: GarSpec, ctx: &BuildContext) -> Result<Self, ProviderError> {
+        let timeout = ctx.timeout;
         if spec.registries.is_empty() || spec.registries.iter().any(|r| r.trim().is_empty()) {
             return Err(ProviderError::InvalidSpec(
                 "gar: registries must list at least one host, e.g. europe-west1-docker.pkg.dev"
                     .into(),
             ));
         }
-        let http = reqwest::Client::builder()
+        let http = ctx
+            .trust
+            .client_builder()
             .timeout(timeout)
             .build()
             .map_err(|e| http_errors::transport(NAME, "building the HTTP client", &e, 0))?;
@@ -267,11 +270,11 @@ mod tests {
 
     #[test]
     fn registries_are_required() {
-        assert!(GarProvider::new(GarSpec::default(), Duration::from_secs(1)).is_err());
+        assert!(GarProvider::new(GarSpec::default(), &BuildContext::new("res")).is_err());
         let blank = GarSpec {
             registries: vec![" ".into()],
-            key_secret_ref: None,
+            ..GarSpec::default()
         };
-        assert!(GarProvider::new(blank, Duration::from_secs(1)).is_err());
+        assert!(GarProvider::new(blank, &BuildContext::new("res")).is_err());
     }
 }

@@ -37,6 +37,7 @@ use tokio::sync::Mutex;
 use crate::factory::{BuildContext, deadline};
 use crate::http_errors;
 use crate::spec::{HarborSpec, SecretRef};
+use crate::trust::Trust;
 use crate::{Cluster, Provider, ProviderError, Redacted, RegistryCredential, SecretData};
 
 const NAME: &str = "harbor";
@@ -54,6 +55,7 @@ pub(crate) struct HarborProvider {
     resource_name: String,
     rotate_every: chrono::Duration,
     timeout: Duration,
+    trust: Trust,
     /// The robot in use. An async mutex, so concurrent mints and a cleanup
     /// never race each other into two rotations.
     robot: Mutex<Option<Robot>>,
@@ -147,6 +149,7 @@ impl HarborProvider {
             resource_name: ctx.resource_name.clone(),
             rotate_every,
             timeout: ctx.timeout,
+            trust: ctx.trust.clone(),
             robot: Mutex::new(None),
             note: SyncMutex::new(None),
         })
@@ -170,25 +173,14 @@ impl HarborProvider {
     }
 
     async fn client(&self, cluster: &dyn Cluster) -> Result<reqwest::Client, ProviderError> {
-        let mut builder = reqwest::Client::builder()
+        let trust = match &self.spec.ca_secret_ref {
+            Some(r) => self.trust.with_secret(cluster, r).await?,
+            None => self.trust.clone(),
+        };
+        trust
+            .client_builder()
             .timeout(self.timeout)
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(r) = &self.spec.ca_secret_ref {
-            let secret = read_secret(cluster, r).await?;
-            let pem = secret
-                .data
-                .get("ca.crt")
-                .ok_or_else(|| ProviderError::Malformed {
-                    what: format!("Secret {}/{}", r.namespace, r.name),
-                    reason: "has no `ca.crt` key".into(),
-                })?;
-            let ca = reqwest::Certificate::from_pem(pem).map_err(|_| ProviderError::Malformed {
-                what: format!("Secret {}/{} key ca.crt", r.namespace, r.name),
-                reason: "is not a PEM certificate".into(),
-            })?;
-            builder = builder.add_root_certificate(ca);
-        }
-        builder
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| http_errors::transport(NAME, "building the HTTP client", &e, 0))
     }

@@ -27,9 +27,11 @@ mod http_errors;
 mod source;
 pub mod spec;
 mod static_creds;
+pub mod trust;
 pub mod verify;
 
 pub use credential::{Redacted, RegistryCredential};
 pub use factory::{BuildContext, Provider, ProviderError, build};
 pub use source::{Cluster, NoCluster, SecretData, SourceError};
+pub use trust::{Trust, TrustError};
 pub use verify::{Verification, Verifier, VerifyError};

@@ -48,13 +48,23 @@ impl CredentialSpec {
     /// The Secrets this entry reads, so a change to one of them reaches the
     /// resources that use it and no others.
     pub fn secret_refs(&self) -> Vec<&SecretRef> {
+        let own = match self {
+            Self::Static(s) => s.secret_ref.as_ref(),
+            Self::Gar(g) => g.key_secret_ref.as_ref(),
+            Self::Harbor(h) => Some(&h.admin_secret_ref),
+            Self::Ecr(_) | Self::EcrPublic(_) => None,
+        };
+        own.into_iter().chain(self.ca_secret_ref()).collect()
+    }
+
+    /// The entry's `caSecretRef`: a CA trusted for its hosts.
+    pub fn ca_secret_ref(&self) -> Option<&SecretRef> {
         match self {
-            Self::Static(s) => s.secret_ref.iter().collect(),
-            Self::Gar(g) => g.key_secret_ref.iter().collect(),
-            Self::Harbor(h) => std::iter::once(&h.admin_secret_ref)
-                .chain(h.ca_secret_ref.as_ref())
-                .collect(),
-            Self::Ecr(_) | Self::EcrPublic(_) => Vec::new(),
+            Self::Static(s) => s.ca_secret_ref.as_ref(),
+            Self::Ecr(e) => e.ca_secret_ref.as_ref(),
+            Self::EcrPublic(e) => e.ca_secret_ref.as_ref(),
+            Self::Gar(g) => g.ca_secret_ref.as_ref(),
+            Self::Harbor(h) => h.ca_secret_ref.as_ref(),
         }
     }
 
@@ -87,6 +97,10 @@ pub struct StaticSpec {
     /// controller rejects this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+    /// A Secret with `ca.crt`, trusted besides the system store when this
+    /// entry's registries are verified. For registries behind a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretRef>,
 }
 
 /// Per-tenant cloud identity: the controller requests a short-lived token for
@@ -122,6 +136,10 @@ pub struct EcrSpec {
     /// (requires `roleArn`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentitySpec>,
+    /// A Secret with `ca.crt`, trusted besides the system store when this
+    /// entry's registries are verified. For registries behind a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretRef>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -130,6 +148,10 @@ pub struct EcrPublicSpec {
     /// A role assumed on top of the base identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
+    /// A Secret with `ca.crt`, trusted besides the system store when this
+    /// entry's registries are verified. For registries behind a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretRef>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -142,6 +164,10 @@ pub struct GarSpec {
     /// Identity / Application Default Credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_secret_ref: Option<SecretRef>,
+    /// A Secret with `ca.crt`, trusted besides the system store when this
+    /// entry's registries are verified. For registries behind a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretRef>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -162,7 +188,8 @@ pub struct HarborSpec {
     /// How often the robot's secret is rotated, e.g. `24h`.
     #[serde(default = "default_rotate_every")]
     pub rotate_every: String,
-    /// A Secret with `ca.crt` to trust for Harbor's TLS.
+    /// A Secret with `ca.crt`, trusted besides the system store for Harbor's
+    /// API and when its registry is verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretRef>,
 }
@@ -190,5 +217,15 @@ mod tests {
         let ecr: CredentialSpec =
             serde_json::from_value(serde_json::json!({"ecr": {"region": "eu-west-1"}})).unwrap();
         assert!(ecr.secret_refs().is_empty());
+        let with_ca: CredentialSpec = serde_json::from_value(serde_json::json!({"static": {
+            "secretRef": {"namespace": "rb", "name": "hub"},
+            "caSecretRef": {"namespace": "rb", "name": "corp-ca"}}}))
+        .unwrap();
+        let names: Vec<&str> = with_ca
+            .secret_refs()
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(names, ["hub", "corp-ca"]);
     }
 }

@@ -122,7 +122,7 @@ mod tests {
                 namespace: "regbridge".into(),
                 name: "dockerhub".into(),
             }),
-            file: None,
+            ..StaticSpec::default()
         })
         .unwrap()
     }
@@ -206,6 +206,7 @@ mod tests {
         let p = StaticProvider::new(StaticSpec {
             secret_ref: None,
             file: Some(path),
+            ..StaticSpec::default()
         })
         .unwrap();
         let got = p.mint(&OneSecret(None)).await.unwrap();
@@ -221,6 +222,7 @@ mod tests {
         let both = StaticSpec {
             secret_ref: Some(SecretRef::default()),
             file: Some("x".into()),
+            ..StaticSpec::default()
         };
         assert!(StaticProvider::new(both).is_err());
     }

@@ -53,6 +53,7 @@ use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{StatusCode, Url};
 
 use crate::RegistryCredential;
+use crate::trust::Trust;
 
 /// The outcome of one handshake. `Display` gives a one-line, secret-free
 /// message; [`Verification::result`] the short name for status and metrics.
@@ -137,28 +138,17 @@ impl fmt::Display for Verification {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("the CA bundle holds no usable PEM certificate")]
-    NoCertificate,
     #[error("the CA bundle could not be loaded: {0}")]
     Ca(String),
 }
 
 /// Runs handshakes. Cheap to clone (the HTTP client is shared); build one
-/// per distinct CA bundle and keep it.
-#[derive(Clone)]
+/// per distinct set of roots and keep it.
+#[derive(Clone, Debug)]
 pub struct Verifier {
     client: reqwest::Client,
     timeout: Duration,
-    extra_roots: Arc<Vec<reqwest::Certificate>>,
-}
-
-impl fmt::Debug for Verifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Verifier")
-            .field("timeout", &self.timeout)
-            .field("extra_roots", &self.extra_roots.len())
-            .finish()
-    }
+    trust: Trust,
 }
 
 /// Registry answers are short; anything longer is cut before parsing.
@@ -173,45 +163,38 @@ impl Verifier {
     /// The default bound on one whole handshake.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-    /// A verifier trusting the public web PKI. `timeout` bounds one whole
-    /// handshake, token request included.
+    /// A verifier trusting the system store (see [`Trust`]). `timeout`
+    /// bounds one whole handshake, token request included.
     pub fn new(timeout: Duration) -> Self {
-        Self::build(timeout, Arc::new(Vec::new())).expect(
-            "an HTTPS client without extra roots always builds (as in reqwest::Client::new)",
-        )
+        Self::build(timeout, Trust::system())
+            .expect("the system store holds only certificates rustls accepts")
     }
 
-    /// Also trust the certificates of this PEM bundle (a provider's
-    /// `caSecretRef`), beside the public roots.
-    pub fn with_ca(self, pem: &[u8]) -> Result<Self, VerifyError> {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| VerifyError::Ca(category(&e)))?;
-        if certs.is_empty() {
-            return Err(VerifyError::NoCertificate);
-        }
-        let mut roots = (*self.extra_roots).clone();
-        roots.extend(certs);
-        Self::build(self.timeout, Arc::new(roots))
+    /// The same verifier, trusting `trust` instead: `--ca-file`, or an
+    /// entry's `caSecretRef` on top of it.
+    pub fn with_trust(&self, trust: Trust) -> Result<Self, VerifyError> {
+        Self::build(self.timeout, trust)
     }
 
-    fn build(
-        timeout: Duration,
-        extra_roots: Arc<Vec<reqwest::Certificate>>,
-    ) -> Result<Self, VerifyError> {
-        let mut builder = reqwest::Client::builder()
+    /// What this verifier trusts.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    fn build(timeout: Duration, trust: Trust) -> Result<Self, VerifyError> {
+        let client = trust
+            .client_builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("regbridge/", env!("CARGO_PKG_VERSION")))
             // reqwest drops Authorization on a redirect to another host.
-            .redirect(reqwest::redirect::Policy::limited(5));
-        for cert in extra_roots.iter() {
-            builder = builder.add_root_certificate(cert.clone());
-        }
-        let client = builder.build().map_err(|e| VerifyError::Ca(category(&e)))?;
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| VerifyError::Ca(category(&e)))?;
         Ok(Self {
             client,
             timeout,
-            extra_roots,
+            trust,
         })
     }
 
@@ -869,12 +852,6 @@ mod tests {
             "Rejected: UNAUTHORIZED: authentication required"
         );
         assert!(!Verification::Anonymous.is_rejected());
-    }
-
-    #[test]
-    fn a_ca_bundle_without_certificates_is_refused() {
-        let v = Verifier::default();
-        assert!(v.clone().with_ca(b"not pem at all").is_err());
     }
 
     #[tokio::test]

@@ -164,6 +164,7 @@ fn spec(key: bool) -> GarSpec {
     GarSpec {
         registries: REGISTRIES.iter().map(|r| r.to_string()).collect(),
         key_secret_ref: key.then(|| secret_ref("regbridge", "gcp-key")),
+        ..GarSpec::default()
     }
 }
 

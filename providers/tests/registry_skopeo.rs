@@ -118,7 +118,7 @@ async fn minted(reg: &Registry) -> Vec<RegistryCredential> {
     );
     let spec = CredentialSpec::Static(StaticSpec {
         secret_ref: Some(secret_ref("regbridge", "e2e-registry")),
-        file: None,
+        ..StaticSpec::default()
     });
     build(&spec, &BuildContext::new("e2e"))
         .unwrap()

@@ -27,7 +27,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use regbridge_providers::{Redacted, RegistryCredential, Verification, Verifier};
+use regbridge_providers::{Redacted, RegistryCredential, Trust, Verification, Verifier};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 
@@ -575,7 +575,8 @@ async fn tls_with_a_custom_ca_verifies_only_when_the_ca_is_given() {
     );
     let registry = Registry::start(&dir, &tls, &auth);
     let host = format!("127.0.0.1:{}", registry.port);
-    let with_ca = Verifier::new(TIMEOUT).with_ca(&ca_pem).unwrap();
+    let trust = Trust::system().with_pem(&ca_pem, "the test CA").unwrap();
+    let with_ca = Verifier::new(TIMEOUT).with_trust(trust).unwrap();
     let ca_args = ["--cert-dir", ca_dir.to_str().unwrap()];
 
     for key in [host.clone(), format!("https://{host}/v1/")] {

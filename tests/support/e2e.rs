@@ -162,6 +162,7 @@ fn controller(client: &Client, ctl: &str) -> Running {
             Config {
                 namespace: ctl,
                 write_concurrency: 16,
+                trust: regbridge_providers::Trust::system(),
                 instance: "e2e".into(),
             },
             Default::default(),

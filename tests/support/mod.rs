@@ -72,6 +72,7 @@ impl Harness {
             Config {
                 namespace: CONTROLLER_NS.into(),
                 write_concurrency: 32,
+                trust: regbridge_providers::Trust::system(),
                 instance: "test".into(),
             },
             self.health.clone(),
