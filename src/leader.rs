@@ -3,8 +3,10 @@
 //! serves probes and metrics and waits.
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 
@@ -30,8 +32,18 @@ pub fn default_identity() -> String {
     format!("{host}_{}", uuid::Uuid::new_v4())
 }
 
+/// Writes stop this long before the Lease could lapse for other replicas.
+const FENCE_MARGIN: Duration = Duration::from_secs(2);
+
 /// Runs `work` while this replica holds the Lease. When leadership is lost,
 /// `work` is dropped (its writes stop) and the replica waits to lead again.
+///
+/// kube-lease-manager keeps reporting leadership while its renewals fail
+/// (it logs and backs off), so a leader cut off from the API server would
+/// write on after its Lease expired and another replica took over. A fence
+/// therefore reads the Lease itself every few seconds and drops `work`
+/// once the last renewal it saw is about to lapse ([`FENCE_MARGIN`] before
+/// `renewTime + leaseDurationSeconds`).
 pub async fn while_leader<F, Fut>(
     client: Client,
     namespace: &str,
@@ -44,7 +56,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let manager = LeaseManagerBuilder::new(client, lease)
+    let manager = LeaseManagerBuilder::new(client.clone(), lease)
         .with_namespace(namespace)
         .with_identity(identity)
         .with_duration(LEASE_SECONDS)
@@ -53,11 +65,24 @@ where
         .build()
         .await?;
     let (mut leading, task) = manager.watch().await;
+    let (held_until, mut fence) = tokio::sync::watch::channel(None);
+    let confirming = tokio::spawn(confirm(
+        Api::namespaced(client, namespace),
+        lease.to_owned(),
+        identity.to_owned(),
+        held_until,
+    ));
     loop {
         health.set_standby(true);
-        while !*leading.borrow_and_update() {
-            if leading.changed().await.is_err() {
-                return finish(task).await;
+        // Lead once the manager says so and the fence has seen it.
+        while !(*leading.borrow_and_update() && held(&fence.borrow_and_update())) {
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() {
+                    return finish(task, confirming);
+                },
+                changed = fence.changed() => if changed.is_err() {
+                    return finish(task, confirming);
+                },
             }
         }
         info!(identity, "acquired leadership");
@@ -70,15 +95,67 @@ where
             }
         };
         tokio::select! {
-            _ = work() => return finish(task).await,
+            _ = work() => return finish(task, confirming),
             _ = lost => warn!(identity, "lost leadership; stopping writes"),
+            _ = fenced(&mut fence) => warn!(identity, "the Lease was not renewed in time; stopping writes until it is"),
         }
     }
 }
 
-async fn finish(
+/// Whether the Lease is known to be held until a time still ahead.
+fn held(until: &Option<Instant>) -> bool {
+    until.is_some_and(|t| t > Instant::now())
+}
+
+/// Resolves when the Lease's hold, as last confirmed, runs out.
+async fn fenced(until: &mut tokio::sync::watch::Receiver<Option<Instant>>) {
+    loop {
+        let Some(deadline) = *until.borrow_and_update() else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => return,
+            changed = until.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Reads the Lease every [`LEASE_GRACE`] / 2 and publishes until when it is
+/// known to be this replica's: `renewTime + leaseDurationSeconds`, less
+/// [`FENCE_MARGIN`], on this process's clock. A failed read publishes
+/// nothing, so the last deadline runs out on its own.
+async fn confirm(
+    api: Api<Lease>,
+    lease: String,
+    identity: String,
+    held_until: tokio::sync::watch::Sender<Option<Instant>>,
+) {
+    loop {
+        if let Ok(found) = api.get_opt(&lease).await {
+            let spec = found.and_then(|l| l.spec);
+            let until = spec
+                .filter(|s| s.holder_identity.as_deref() == Some(identity.as_str()))
+                .and_then(|s| {
+                    let renewed = s.renew_time?.0;
+                    let lasts = i64::from(s.lease_duration_seconds?);
+                    let lapses = renewed
+                        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(lasts))
+                        .ok()?;
+                    let left = k8s_openapi::jiff::Timestamp::now().duration_until(lapses);
+                    let left = Duration::try_from(left).unwrap_or_default();
+                    Some(Instant::now() + left.saturating_sub(FENCE_MARGIN))
+                });
+            held_until.send_replace(until);
+        }
+        tokio::time::sleep(Duration::from_secs(LEASE_GRACE) / 2).await;
+    }
+}
+
+fn finish(
     task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+    confirming: tokio::task::JoinHandle<()>,
 ) -> anyhow::Result<()> {
     task.abort();
+    confirming.abort();
     Ok(())
 }

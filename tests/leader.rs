@@ -1,8 +1,10 @@
-//! Leader election as a supervisor starts replicas: two `regbridge run`
-//! processes with the same flags and the same environment (no `$HOSTNAME`,
-//! no `--instance`, as under systemd) against one API server. Exactly one
-//! leads. With a shared default identity, both once believed they held the
-//! Lease and both wrote.
+//! Leader election as a supervisor starts replicas, `regbridge run`
+//! processes against the API stand-in:
+//! - two with the same flags and the same environment (no `$HOSTNAME`, no
+//!   `--instance`, as under systemd): exactly one leads. With a shared
+//!   default identity, both once believed they held the Lease and both
+//!   wrote;
+//! - a leader cut off from its Lease stops writing before the Lease lapses.
 
 mod support;
 
@@ -11,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use regbridge_standin::{Resource, StandIn};
+use regbridge_standin::{Fault, Resource, StandIn};
 use serde_json::json;
 use support::*;
 
@@ -57,12 +59,12 @@ impl Replica {
         Self { child, log }
     }
 
+    fn said(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
     fn leads(&self) -> bool {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("acquired leadership"))
+        self.said("acquired leadership")
     }
 }
 
@@ -107,5 +109,60 @@ async fn two_replicas_started_alike_never_both_lead() {
         .strip_prefix(&format!("{host}_"))
         .unwrap_or_else(|| panic!("holder {holder:?} is the host name plus a suffix"));
     assert!(uuid::Uuid::parse_str(suffix).is_ok(), "{holder}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A leader cut off from the API server's Leases (every Lease request
+/// fails) stops writing before its Lease could lapse for another replica:
+/// kube-lease-manager alone would go on reporting leadership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_stops_writing_within_the_lease_duration() {
+    let server = StandIn::start().await;
+    server
+        .create(&Resource::CRDS, None, installed_crd())
+        .expect("CRD");
+    namespace(&server, CONTROLLER_NS, json!({}));
+    seed_dockerhub(&server);
+    server
+        .create(
+            &Resource::CLUSTER_PULL_SECRETS,
+            None,
+            cluster_pull_secret("company", dockerhub_spec()),
+        )
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("regbridge-fence-{}", std::process::id()));
+    let kubeconfig = write_kubeconfig(&dir, &server.url());
+    let leader = Replica::start(&kubeconfig);
+    wait_for("the replica to lead", Duration::from_secs(20), || {
+        leader.leads()
+    })
+    .await;
+    namespace_with_default_sa(&server, "before", json!({}));
+    wait_for("a copy while leading", Duration::from_secs(10), || {
+        server
+            .get(&Resource::SECRETS, Some("before"), "regcred")
+            .is_some()
+    })
+    .await;
+
+    let cut = std::time::Instant::now();
+    server.inject_fault(Fault::new("/leases/", 503).times(1_000_000));
+    wait_for("writes stopped", Duration::from_secs(20), || {
+        leader.said("stopping writes")
+    })
+    .await;
+    let stopped = cut.elapsed();
+    assert!(
+        stopped < Duration::from_secs(15),
+        "stopped {stopped:?} after the last renewal could succeed; a Lease lasts 15 s"
+    );
+    namespace_with_default_sa(&server, "after", json!({}));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        server
+            .get(&Resource::SECRETS, Some("after"), "regcred")
+            .is_none(),
+        "a fenced replica wrote"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
