@@ -19,8 +19,9 @@ use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, fina
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use regbridge_providers::dockerconfig::{self, DATA_KEY};
 use regbridge_providers::spec::CredentialSpec;
-use regbridge_providers::{BuildContext, Trust, Verification, Verifier};
+use regbridge_providers::{BuildContext, RegistryCredential, Trust, Verification, Verifier};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
@@ -28,14 +29,16 @@ use crate::apply_plan::Writer;
 use crate::cluster_access::CachedCluster;
 use crate::compose::compose;
 use crate::crd::{ClusterPullSecret, ClusterPullSecretStatus, VerifyPolicy};
-use crate::credentials::{Credentials, EntryReport, RefreshOptions, as_entries};
+use crate::credentials::{Credentials, EntryReport, MintRecord, RefreshOptions, as_entries};
 use crate::distribute::{Claim, Desired, Plan, World, copy_labels, payload_digest, plan};
 use crate::health::Health;
 use crate::index::{Index, NamespaceView, SecretView, ServiceAccountView};
-use crate::labels::{FIELD_MANAGER, FINALIZER, RESOURCE, ROLE, ROLE_SOURCE, managed_selector};
+use crate::labels::{
+    FIELD_MANAGER, FINALIZER, MINTED, RESOURCE, ROLE, ROLE_SOURCE, managed_selector,
+};
 use crate::metrics::{Metrics, NamespaceLabels, ReconcileLabels, RefreshLabels, ResourceLabels};
 use crate::pull_feedback::{FIELD_SELECTOR, PullFeedback, feedback};
-use crate::refresh::{backoff, parse_duration};
+use crate::refresh::backoff;
 use crate::selection::Selection;
 use crate::selection_cache::SelectionCache;
 use crate::status::{self, Observation, Verdict};
@@ -71,6 +74,28 @@ pub enum Error {
     Writes { failed: usize, first: String },
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error("deleting what the providers created: {0}")]
+    ProviderCleanup(String),
+    #[error("the reconcile panicked: {0}")]
+    Panicked(String),
+}
+
+/// Runs `work`, turning a panic into an error of the one resource it was
+/// for: unwound out of kube-runtime, it would end the process, and with it
+/// every other resource's distribution and the webhook.
+async fn contained<T>(work: impl std::future::Future<Output = T>) -> Result<T, Error> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Error::Panicked(message.chars().take(200).collect())
+        })
 }
 
 #[derive(Clone, Debug)]
@@ -167,6 +192,11 @@ impl Context {
         }
     }
 
+    /// What providers are built with for the resource `name`.
+    fn build_context(&self, name: &str) -> BuildContext {
+        BuildContext::new(name).with_trust(self.config.trust.clone())
+    }
+
     /// Mints every entry of the resource again at its next reconcile.
     pub(crate) async fn refresh_now(&self, cps: &ClusterPullSecret) {
         let state = self.state_of(&cps.uid().unwrap_or_default());
@@ -244,12 +274,26 @@ enum Source {
 }
 
 /// The composed Secret in the controller's namespace.
-async fn ensure_source(ctx: &Context, name: &str, payload: &[u8]) -> Result<Source, Error> {
+async fn ensure_source(
+    ctx: &Context,
+    name: &str,
+    payload: &[u8],
+    records: &[MintRecord],
+) -> Result<Source, Error> {
     let ns = &ctx.config.namespace;
     let mut desired = crate::distribute::desired_copy(name, name, ns, payload);
     let mut labels = copy_labels(name);
     labels.insert(ROLE.into(), ROLE_SOURCE.into());
     desired.metadata.labels = Some(labels.clone());
+    // Written with the payload it describes; a payload that did not change
+    // keeps the records that came with it.
+    desired.metadata.annotations = Some(
+        [(
+            MINTED.to_string(),
+            serde_json::to_string(records).unwrap_or_default(),
+        )]
+        .into(),
+    );
     let cached = ctx.stores.managed.get(ns, name);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let pp = PostParams {
@@ -326,6 +370,32 @@ fn snapshot(stores: &Stores) -> Snapshot {
             .map(|s| ((s.namespace.clone(), s.name.clone()), s))
             .collect(),
     }
+}
+
+/// What the composed Secret of `name` holds, for a new process to take over
+/// (records and credentials); nothing unless the Secret is this resource's
+/// own source.
+fn distributed_before(ctx: &Context, name: &str) -> (Vec<MintRecord>, Vec<RegistryCredential>) {
+    let key = ObjectRef::new(name).within(&ctx.config.namespace);
+    let Some(secret) = ctx.stores.sources.get(&key) else {
+        return Default::default();
+    };
+    let label = |k: &str| secret.labels().get(k).map(String::as_str);
+    if label(RESOURCE) != Some(name) || label(ROLE) != Some(ROLE_SOURCE) {
+        return Default::default();
+    }
+    let records = secret
+        .annotations()
+        .get(MINTED)
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default();
+    let credentials = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(DATA_KEY))
+        .and_then(|payload| dockerconfig::parse(&payload.0).ok())
+        .unwrap_or_default();
+    (records, credentials)
 }
 
 /// Every other live resource's claim, with selections compiled.
@@ -428,7 +498,7 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         .spec
         .refresh_before
         .as_deref()
-        .map(parse_duration)
+        .map(regbridge_providers::duration::parse)
         .transpose()
     {
         Ok(d) => d,
@@ -448,12 +518,32 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         )
         .await;
     }
+    if let Some((i, e)) = cps
+        .spec
+        .credentials
+        .iter()
+        .enumerate()
+        .find_map(|(i, c)| match c {
+            CredentialSpec::Harbor(h) => regbridge_providers::duration::parse(&h.rotate_every)
+                .err()
+                .map(|e| (i, e)),
+            _ => None,
+        })
+    {
+        return reject(
+            ctx,
+            &cps,
+            "InvalidRotateEvery",
+            format!("credentials[{i}].harbor.rotateEvery: {e}"),
+        )
+        .await;
+    }
     let state = ctx.state_of(&cps.uid().unwrap_or_default());
     let mut state = state.lock().await;
-    if let Err((i, e)) = state.credentials.update_specs(
-        &cps.spec.credentials,
-        &BuildContext::new(&name).with_trust(ctx.config.trust.clone()),
-    ) {
+    if let Err((i, e)) = state
+        .credentials
+        .update_specs(&cps.spec.credentials, &ctx.build_context(&name))
+    {
         return reject(
             ctx,
             &cps,
@@ -464,6 +554,28 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
     }
     let cluster = ctx.cluster();
     let now = Utc::now();
+    if state.credentials.has_unminted() {
+        let (records, distributed) = distributed_before(ctx, &name);
+        let restored =
+            state
+                .credentials
+                .restore(&records, &distributed, now, refresh_before, &mut || {
+                    rand_jitter()
+                });
+        if restored > 0 {
+            info!(resource = %name, entries = restored, "took over the credentials distributed before");
+        }
+    }
+    for e in state.credentials.cleanup_retired(&cluster).await {
+        warn!(resource = %name, error = %e, "cleanup of a removed credentials entry failed; retrying");
+        ctx.publish(
+            &cps,
+            EventType::Warning,
+            status::CLEANUP_FAILED,
+            e.to_string(),
+        )
+        .await;
+    }
     let options = RefreshOptions {
         refresh_before,
         verifier: (cps.spec.verify != VerifyPolicy::Off).then_some(&ctx.verifier),
@@ -556,7 +668,13 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         }
     }
 
-    let source = ensure_source(ctx, &name, &composed.dockerconfigjson).await?;
+    let source = ensure_source(
+        ctx,
+        &name,
+        &composed.dockerconfigjson,
+        &state.credentials.records(),
+    )
+    .await?;
     if source == Source::Foreign {
         return reject(
             ctx,
@@ -770,10 +888,37 @@ async fn cleanup(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, E
     let uid = cps.uid().unwrap_or_default();
     let state = ctx.state_of(&uid);
     let cluster = ctx.cluster();
-    for e in state.lock().await.credentials.cleanup(&cluster).await {
-        warn!(resource = %name, error = %e, "provider cleanup failed");
-        ctx.publish(&cps, EventType::Warning, "CleanupFailed", e.to_string())
-            .await;
+    // From the spec, not from memory: this process may never have minted
+    // for the resource (it was deleted while another replica led).
+    let mut errors: Vec<String> = {
+        let mut state = state.lock().await;
+        let unbuilt = state
+            .credentials
+            .build_for_cleanup(&cps.spec.credentials, &ctx.build_context(&name));
+        for (i, e) in &unbuilt {
+            warn!(resource = %name, entry = i, error = %e, "credentials entry cannot be built; nothing of it is cleaned up");
+        }
+        let errors = state.credentials.cleanup(&cluster).await;
+        errors.iter().map(ToString::to_string).collect()
+    };
+    if !errors.is_empty() {
+        errors.dedup();
+        let message = errors.join("; ");
+        warn!(resource = %name, error = %message, "provider cleanup failed; the finalizer stays");
+        ctx.publish(
+            &cps,
+            EventType::Warning,
+            status::CLEANUP_FAILED,
+            message.clone(),
+        )
+        .await;
+        write_status(
+            ctx,
+            &cps,
+            status::cleanup_failed(cps.status.as_ref(), message.clone(), Timestamp::now()),
+        )
+        .await?;
+        return Err(Error::ProviderCleanup(message));
     }
     ctx.state.lock().expect("state lock").remove(&uid);
     ctx.pull_feedback.forget(&name);
@@ -789,28 +934,33 @@ pub async fn reconcile(cps: Arc<ClusterPullSecret>, ctx: Arc<Context>) -> Result
     let _ = ctx.unsynced.clone().wait_for(BTreeSet::is_empty).await;
     let name = cps.name_any();
     let api: Api<ClusterPullSecret> = Api::all(ctx.client.clone());
-    let result = finalizer(&api, FINALIZER, cps, |event| async {
+    let result = contained(finalizer(&api, FINALIZER, cps, |event| async {
         match event {
             Finalizer::Apply(o) => apply(o, &ctx).await,
             Finalizer::Cleanup(o) => cleanup(o, &ctx).await,
         }
-    })
+    }))
     .await;
     let result = match result {
+        Err(panicked) => Err(panicked),
         // The cached copy predates the finalizer this replica has just
         // added (the add's `test` guard failed): the watch event bringing
         // the new copy is on its way, so this is not a failure.
-        Err(FinalizerError::AddFinalizer(kube::Error::Api(e))) if e.code == 422 => {
+        Ok(Err(FinalizerError::AddFinalizer(kube::Error::Api(e)))) if e.code == 422 => {
             debug!(resource = %name, "finalizer already added; waiting for the cache");
             Ok(Action::requeue(STALE_RETRY))
         }
-        other => other.map_err(|e| Error::Finalizer(e.to_string())),
+        Ok(other) => other.map_err(|e| Error::Finalizer(e.to_string())),
     };
     ctx.metrics
         .reconciles
         .get_or_create(&ReconcileLabels {
             resource: name.clone(),
-            result: if result.is_ok() { "ok" } else { "error" },
+            result: match &result {
+                Ok(_) => "ok",
+                Err(Error::Panicked(_)) => "panic",
+                Err(_) => "error",
+            },
         })
         .inc();
     if result.is_ok() {
@@ -1187,4 +1337,20 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
 ) -> impl Stream<Item = ()> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_is_an_error_of_its_own() {
+        let margin: fn() -> Option<u64> = || None;
+        let panicked = contained(async { margin().expect("an out-of-range value") }).await;
+        match panicked {
+            Err(Error::Panicked(message)) => assert_eq!(message, "an out-of-range value"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(contained(async { 7 }).await.ok(), Some(7));
+    }
 }

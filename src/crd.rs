@@ -43,10 +43,11 @@ pub struct ClusterPullSecretSpec {
     /// `["*"]` is every ServiceAccount; `[]` patches none.
     #[serde(default = "default_service_accounts")]
     pub service_accounts: Vec<String>,
-    /// Refresh a credential this long before it expires (e.g. `30m`).
-    /// Default: at half its remaining lifetime, with ±10 % jitter.
+    /// Refresh a credential this long before it expires (e.g. `30m`): whole
+    /// hours, minutes and seconds, at most `8760h`. Default: at half its
+    /// remaining lifetime, with ±10 % jitter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"), length(max = 32))]
     pub refresh_before: Option<String>,
     /// Prove each newly minted credential against its registry (the Docker
     /// Registry v2 handshake) before it replaces the last good one.

@@ -182,14 +182,40 @@ pub struct EntryReport {
     pub verified: BTreeMap<String, Checked>,
 }
 
+/// What an entry last distributed, kept on the composed Secret (annotation
+/// [`crate::labels::MINTED`]) so a new process (a restart, a failover) can
+/// take it over instead of minting again. The credentials themselves are
+/// the Secret's own payload; this says which entry, which spec, and when.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MintRecord {
+    pub entry: usize,
+    /// The entry's spec as JSON: a record of another spec is not taken over.
+    pub spec: String,
+    pub hosts: Vec<String>,
+    pub minted_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+fn spec_json(spec: &CredentialSpec) -> String {
+    serde_json::to_string(spec).unwrap_or_default()
+}
+
 #[derive(Default)]
 pub struct Credentials {
     entries: Vec<Entry>,
+    /// Providers of removed or changed entries whose remote objects (a
+    /// Harbor robot) are still to be deleted.
+    retired: Vec<Box<dyn Provider>>,
 }
 
 impl Credentials {
     /// Keeps the state of entries whose spec is unchanged; builds the rest.
     /// An entry that cannot be built fails the whole update, naming it.
+    /// Entries removed or changed are retired: what they created remotely
+    /// is deleted by [`Credentials::cleanup_retired`], unless a new entry
+    /// manages the same remote object.
     pub fn update_specs(
         &mut self,
         specs: &[CredentialSpec],
@@ -211,8 +237,134 @@ impl Credentials {
                 },
             }
         }
+        let kept: Vec<String> = fresh
+            .iter()
+            .filter_map(|e| e.provider.remote_object())
+            .collect();
+        self.retired.extend(
+            old.into_iter()
+                .map(|e| e.provider)
+                .filter(|p| p.remote_object().is_some_and(|o| !kept.contains(&o))),
+        );
         self.entries = fresh;
         Ok(())
+    }
+
+    /// Builds every entry of `specs` that can be built, for cleanup: a
+    /// resource deleted while no process minted for it still has its remote
+    /// objects deleted. Entries that cannot be built are returned.
+    pub fn build_for_cleanup(
+        &mut self,
+        specs: &[CredentialSpec],
+        ctx: &BuildContext,
+    ) -> Vec<(usize, ProviderError)> {
+        let mut failed = Vec::new();
+        for (index, spec) in specs.iter().enumerate() {
+            if self.entries.iter().any(|e| &e.spec == spec) {
+                continue;
+            }
+            match Entry::new(spec, ctx) {
+                Ok(e) => self.entries.push(e),
+                Err(err) => failed.push((index, err)),
+            }
+        }
+        failed
+    }
+
+    /// Whether an entry has nothing minted yet (a new process, a new entry).
+    pub fn has_unminted(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.refreshed_at.is_none() && e.last_good.is_empty())
+    }
+
+    /// What each entry last distributed, for the composed Secret.
+    pub fn records(&self) -> Vec<MintRecord> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(entry, e)| {
+                let minted_at = e.refreshed_at?;
+                (!e.last_good.is_empty()).then(|| MintRecord {
+                    entry,
+                    spec: spec_json(&e.spec),
+                    hosts: e.last_good.iter().map(|c| c.host.clone()).collect(),
+                    minted_at,
+                    expires_at: e.last_good.iter().filter_map(|c| c.expires_at).min(),
+                })
+            })
+            .collect()
+    }
+
+    /// Takes over what an earlier process distributed: each entry that has
+    /// not minted yet and has a record of its own spec gets the record's
+    /// credentials (from `distributed`, the composed Secret's payload) and
+    /// is scheduled from their expiry as if it had minted them. Its provider
+    /// is told too ([`Provider::restore`]). Returns how many were taken over.
+    pub fn restore(
+        &mut self,
+        records: &[MintRecord],
+        distributed: &[RegistryCredential],
+        now: DateTime<Utc>,
+        refresh_before: Option<Duration>,
+        jitter: &mut (dyn FnMut() -> f64 + Send),
+    ) -> usize {
+        let mut restored = 0;
+        for (index, entry) in self.entries.iter_mut().enumerate() {
+            if entry.refreshed_at.is_some() || !entry.last_good.is_empty() {
+                continue;
+            }
+            let Some(record) = records
+                .iter()
+                .find(|r| r.entry == index && r.spec == spec_json(&entry.spec))
+            else {
+                continue;
+            };
+            let creds: Option<Vec<RegistryCredential>> = record
+                .hosts
+                .iter()
+                .map(|host| {
+                    let c = distributed.iter().find(|c| &c.host == host)?;
+                    Some(RegistryCredential {
+                        expires_at: record.expires_at,
+                        ..c.clone()
+                    })
+                })
+                .collect();
+            let Some(creds) = creds.filter(|c| !c.is_empty()) else {
+                continue;
+            };
+            // An expired record is of no use: mint now.
+            if record.expires_at.is_some_and(|exp| exp <= now) {
+                continue;
+            }
+            entry.provider.restore(&creds, record.minted_at);
+            entry.next_refresh = record
+                .expires_at
+                .map(|exp| next_refresh(now, exp, refresh_before, jitter(), 0).at);
+            entry.refreshed_at = Some(record.minted_at);
+            entry.last_good = creds;
+            restored += 1;
+        }
+        restored
+    }
+
+    /// Deletes what retired entries created remotely; those that fail are
+    /// tried again at the next call.
+    pub async fn cleanup_retired(&mut self, cluster: &dyn Cluster) -> Vec<ProviderError> {
+        let mut errors = Vec::new();
+        let mut still = Vec::new();
+        for provider in std::mem::take(&mut self.retired) {
+            match provider.cleanup(cluster).await {
+                Ok(()) => {}
+                Err(err) => {
+                    errors.push(err);
+                    still.push(provider);
+                }
+            }
+        }
+        self.retired = still;
+        errors
     }
 
     /// Mints every entry that is due. Failures keep the last good credential.
@@ -396,9 +548,10 @@ impl Credentials {
         refreshes.chain(expiries).min()
     }
 
-    /// Removes what the providers created outside the cluster (Harbor robots).
-    pub async fn cleanup(&self, cluster: &dyn Cluster) -> Vec<ProviderError> {
-        let mut errors = Vec::new();
+    /// Removes what the providers, current and retired, created outside
+    /// the cluster (Harbor robots). Empty when all of it is gone.
+    pub async fn cleanup(&mut self, cluster: &dyn Cluster) -> Vec<ProviderError> {
+        let mut errors = self.cleanup_retired(cluster).await;
         for e in &self.entries {
             if let Err(err) = e.provider.cleanup(cluster).await {
                 errors.push(err);
@@ -484,6 +637,7 @@ mod tests {
         (
             Credentials {
                 entries: vec![entry],
+                ..Default::default()
             },
             script,
         )
@@ -701,6 +855,132 @@ mod tests {
         assert!(!report.serving);
         assert_eq!(report.expired.len(), 1);
         assert!(report.last_error.as_deref().unwrap().contains("throttled"));
+    }
+
+    /// A new process takes over what the last one distributed: the same
+    /// credential, scheduled from its expiry, and no mint before then.
+    #[tokio::test]
+    async fn a_record_of_the_same_spec_is_taken_over_without_minting() {
+        let (mut before, _) = scripted(vec![Ok(vec![cred("one", t0() + TimeDelta::hours(12))])]);
+        tick(&mut before, t0()).await;
+        let records = before.records();
+        assert_eq!(records.len(), 1);
+        let distributed = before.current(t0())[0].1.clone();
+
+        // An empty script: any mint would panic.
+        let (mut after, _) = scripted(vec![]);
+        let now = t0() + TimeDelta::hours(1);
+        assert!(after.has_unminted());
+        let taken = after.restore(&records, &distributed, now, None, &mut || 0.0);
+        assert_eq!(taken, 1);
+        assert!(!after.has_unminted());
+        assert_eq!(after.current(now)[0].1, distributed);
+        assert_eq!(after.reports(now)[0].refreshed_at, Some(t0()));
+        let due = after.next_wakeup(now).unwrap();
+        assert_eq!(
+            due,
+            now + TimeDelta::minutes(330),
+            "half the remaining 11 h"
+        );
+        assert!(
+            tick(&mut after, due - TimeDelta::seconds(1))
+                .await
+                .is_empty()
+        );
+
+        // Not another spec's record, and not an expired one.
+        let (mut other, _) = scripted(vec![]);
+        let mut foreign = records.clone();
+        foreign[0].spec = "{}".into();
+        assert_eq!(
+            other.restore(&foreign, &distributed, now, None, &mut || 0.0),
+            0
+        );
+        let late = t0() + TimeDelta::hours(13);
+        assert_eq!(
+            other.restore(&records, &distributed, late, None, &mut || 0.0),
+            0
+        );
+    }
+
+    /// Cleans up "remote" objects, failing as often as told to.
+    struct Remote {
+        name: &'static str,
+        fail: Arc<Mutex<u32>>,
+        deleted: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    #[async_trait]
+    impl Provider for Remote {
+        async fn mint(&self, _: &dyn Cluster) -> Result<Vec<RegistryCredential>, ProviderError> {
+            Ok(vec![])
+        }
+        async fn cleanup(&self, _: &dyn Cluster) -> Result<(), ProviderError> {
+            let mut fail = self.fail.lock().unwrap();
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(remote());
+            }
+            self.deleted.lock().unwrap().push(self.name);
+            Ok(())
+        }
+        fn remote_object(&self) -> Option<String> {
+            Some(self.name.into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_removed_entry_is_cleaned_up_and_a_failed_cleanup_retried() {
+        let fail = Arc::new(Mutex::new(1));
+        let deleted = Arc::new(Mutex::new(Vec::new()));
+        let robot = Entry::with_provider(
+            CredentialSpec::Ecr(EcrSpec::default()),
+            Box::new(Remote {
+                name: "robot-a",
+                fail: fail.clone(),
+                deleted: deleted.clone(),
+            }),
+        );
+        let mut c = Credentials {
+            entries: vec![robot],
+            ..Default::default()
+        };
+        c.update_specs(&[], &BuildContext::new("res")).unwrap();
+        let errors = c.cleanup_retired(&NoCluster).await;
+        assert_eq!(errors.len(), 1, "the first delete fails");
+        assert!(deleted.lock().unwrap().is_empty());
+        assert!(c.cleanup_retired(&NoCluster).await.is_empty());
+        assert_eq!(*deleted.lock().unwrap(), ["robot-a"]);
+        assert!(c.cleanup_retired(&NoCluster).await.is_empty());
+        assert_eq!(deleted.lock().unwrap().len(), 1, "deleted once");
+    }
+
+    /// A changed entry that still manages the same robot keeps it; one that
+    /// names another robot retires the old one.
+    #[test]
+    fn a_changed_entry_retires_its_robot_only_if_it_names_another() {
+        use regbridge_providers::spec::{HarborSpec, SecretRef};
+        let harbor = |rotate: &str, robot: &str| {
+            CredentialSpec::Harbor(HarborSpec {
+                url: "https://harbor.example".into(),
+                admin_secret_ref: SecretRef::default(),
+                project: Some("team-a".into()),
+                robot_name: Some(robot.into()),
+                rotate_every: rotate.into(),
+                ..Default::default()
+            })
+        };
+        let ctx = BuildContext::new("res");
+        let mut c = Credentials::default();
+        c.update_specs(&[harbor("24h", "puller")], &ctx).unwrap();
+        c.update_specs(&[harbor("12h", "puller")], &ctx).unwrap();
+        assert!(c.retired.is_empty(), "the same robot, rotated more often");
+        c.update_specs(&[harbor("12h", "other")], &ctx).unwrap();
+        assert_eq!(c.retired.len(), 1);
+        assert_eq!(
+            c.retired[0].remote_object().as_deref(),
+            Some("https://harbor.example/api/v2.0/robots/team-a+puller")
+        );
     }
 
     #[tokio::test]

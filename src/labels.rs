@@ -26,6 +26,11 @@ pub const EXCLUDE_ANNOTATION: &str = "regbridge.dev/exclude";
 /// an entry somebody else wrote.
 pub const ADDED_ANNOTATION: &str = "regbridge.dev/added-pull-secrets";
 
+/// On the composed Secret: what each credentials entry last distributed
+/// ([`crate::credentials::MintRecord`]s as JSON), so a new process takes it
+/// over instead of minting again.
+pub const MINTED: &str = "regbridge.dev/minted";
+
 /// The label selector for everything regbridge manages.
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY}={MANAGED_BY_VALUE}")

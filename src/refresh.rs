@@ -14,44 +14,8 @@ pub const CLAMPED_LIFETIME: Duration = Duration::from_secs(15 * 60);
 pub const BACKOFF_START: Duration = Duration::from_secs(5);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RefreshError {
-    #[error("refreshBefore {0:?} is not a duration like 30m or 1h30m")]
-    BadDuration(String),
-}
-
 fn delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
-}
-
-/// `30s`, `45m`, `12h`, `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, RefreshError> {
-    let bad = || RefreshError::BadDuration(text.to_owned());
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let n: u64 = number.parse().map_err(|_| bad())?;
-        number.clear();
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return Err(bad()),
-        };
-        total = n
-            .checked_mul(unit)
-            .and_then(|n| total.checked_add(n))
-            .ok_or_else(bad)?;
-    }
-    if !number.is_empty() || total == 0 {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
 }
 
 /// The expiry to act on, and whether the reported one was bad data. Any
@@ -235,14 +199,26 @@ mod tests {
         assert_eq!(backoff(1000), BACKOFF_MAX);
     }
 
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("45s").unwrap(), Duration::from_secs(45));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("99999999999999999999s").is_err());
-        assert!(parse_duration("9000000000000000000h").is_err(), "overflow");
+    proptest::proptest! {
+        /// Whatever a spec or a provider says, parsing and scheduling
+        /// answer without panicking, and never schedule into the past.
+        #[test]
+        fn any_margin_expiry_and_jitter_schedule_without_panicking(
+            text in "([0-9]{1,25}[smh]){1,4}|\\PC{0,40}",
+            margin in proptest::prelude::any::<u64>(),
+            offset in proptest::prelude::any::<i64>(),
+            jitter in proptest::prelude::any::<f64>(),
+            streak in proptest::prelude::any::<u32>(),
+        ) {
+            let parsed = regbridge_providers::duration::parse(&text);
+            let margin = parsed.ok().or(Some(Duration::from_secs(margin)));
+            let expires = TimeDelta::try_seconds(offset)
+                .and_then(|d| t0().checked_add_signed(d))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            let (expires, _) = sane_expiry(t0(), expires);
+            let at = next_refresh(t0(), expires, margin, jitter, streak).at;
+            proptest::prop_assert!(at > t0());
+            let _ = backoff(streak);
+        }
     }
 }

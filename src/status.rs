@@ -265,6 +265,31 @@ fn last_refresh_time(
     }
 }
 
+/// A condition that is True while what the providers created outside the
+/// cluster (a Harbor robot) could not be deleted; the finalizer stays.
+pub const CLEANUP_FAILED: &str = "CleanupFailed";
+
+/// The status of a deleted resource whose remote cleanup failed: every
+/// other condition kept, `CleanupFailed` set.
+pub fn cleanup_failed(
+    previous: Option<&ClusterPullSecretStatus>,
+    message: String,
+    now: Timestamp,
+) -> ClusterPullSecretStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    let verdict = Verdict::new("True", "RemoteDeleteFailed", message);
+    let failed = condition(
+        &status.conditions,
+        CLEANUP_FAILED,
+        &verdict,
+        status.observed_generation,
+        now,
+    );
+    status.conditions.retain(|c| c.type_ != CLEANUP_FAILED);
+    status.conditions.push(failed);
+    status
+}
+
 /// A status for a resource whose spec cannot be acted on: the previous
 /// distribution facts are kept, the conditions say why.
 pub fn invalid(

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::spec::CredentialSpec;
 use crate::static_creds::StaticProvider;
@@ -26,6 +27,20 @@ pub trait Provider: Send + Sync {
     /// A short, secret-free note for the resource's status, e.g. the id of the
     /// Harbor robot in use. `None` when there is nothing to say.
     fn status_note(&self) -> Option<String> {
+        None
+    }
+
+    /// Hands a new instance (a restart, a failover) what its entry last
+    /// distributed, minted at `minted_at`, before its first mint. A provider
+    /// whose minting has a cost beyond a token (a Harbor rotation revokes
+    /// the secret in every namespace) takes it over instead of minting at
+    /// once. The default has nothing to take over.
+    fn restore(&self, _previous: &[RegistryCredential], _minted_at: DateTime<Utc>) {}
+
+    /// What this provider created outside the cluster, named so that two
+    /// instances can tell they manage the same thing (a Harbor robot: its
+    /// API and stored name). `None`: nothing to clean up.
+    fn remote_object(&self) -> Option<String> {
         None
     }
 }

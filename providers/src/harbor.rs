@@ -3,10 +3,12 @@
 //! (`/api/v2.0/robots`) with the basic auth of an account allowed to manage
 //! robots (`adminSecretRef`).
 //!
-//! - **Create.** `POST /robots`, level `system` with pull on every project
-//!   (`namespace: "*"`), or level `project` when `project` is set; duration -1
-//!   (the robot itself never expires; its secret is rotated instead). The
-//!   description marks it as regbridge's.
+//! - **Create.** `POST /robots`, level `project` when `project` is set, or
+//!   level `system` with pull on each project of `projects` (`*` only when
+//!   the spec lists it). Its `duration` (days) covers two `rotateEvery`
+//!   periods, so a robot whose cleanup never ran dies on its own; a robot
+//!   past its own expiry is replaced. The description marks it as
+//!   regbridge's.
 //! - **Adopt.** A 409 means the name is taken. If the robot of that name
 //!   carries regbridge's description, it is ours from an earlier run (say,
 //!   before a controller restart): Harbor never returns an existing secret, so
@@ -20,9 +22,16 @@
 //!   rotates on time.
 //! - **Delete.** [`Provider::cleanup`] deletes the robot (`DELETE /robots/{id}`).
 //!
+//! - **Restore.** A new process (a restart, a failover) is handed the
+//!   credential it distributed last ([`Provider::restore`]). The robot is
+//!   taken over with that secret, its id looked up by name, and rotated only
+//!   when due: rotating at once would revoke the secret every namespace
+//!   holds until the new copies land.
+//!
 //! The robot's id lives in memory and is reported by
 //! [`Provider::status_note`]. The admin credentials are read per call and
-//! never returned, logged or put into an error.
+//! never returned, logged or put into an error. Harbor's answers are read up
+//! to [`MAX_BODY`].
 
 use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
@@ -54,6 +63,8 @@ pub(crate) struct HarborProvider {
     robot_name: String,
     resource_name: String,
     rotate_every: chrono::Duration,
+    /// When a secret is rotated: three quarters into `rotate_every`.
+    rotate_after: chrono::Duration,
     timeout: Duration,
     trust: Trust,
     /// The robot in use. An async mutex, so concurrent mints and a cleanup
@@ -65,7 +76,9 @@ pub(crate) struct HarborProvider {
 
 #[derive(Debug)]
 struct Robot {
-    id: i64,
+    /// `None` for a robot restored from the distributed credential, until
+    /// the next call to Harbor looks it up.
+    id: Option<i64>,
     /// As Harbor reports it, prefix included: the registry username.
     name: String,
     secret: Redacted<String>,
@@ -121,6 +134,25 @@ impl HarborProvider {
         if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
             return Err(invalid("url must be http(s)://host[:port]".into()));
         }
+        if base.scheme() == "http" && !spec.insecure {
+            return Err(invalid(
+                "url is http://, which sends the admin password in clear; use https:// or set insecure: true".into(),
+            ));
+        }
+        match (&spec.project, spec.projects.is_empty()) {
+            (Some(_), false) => {
+                return Err(invalid(
+                    "set project (a project robot) or projects (a system robot), not both".into(),
+                ));
+            }
+            (None, true) => {
+                return Err(invalid(
+                    "a system robot needs projects: the projects it may pull from (`*` for every one)"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
         let host = match base.port() {
             Some(port) => format!("{}:{port}", base.host_str().unwrap_or_default()),
             None => base.host_str().unwrap_or_default().to_owned(),
@@ -135,12 +167,12 @@ impl HarborProvider {
         if robot_name.is_empty() || robot_name.contains(['$', '+', '/', ' ']) {
             return Err(invalid(format!("robot name `{robot_name}` is not valid")));
         }
-        let rotate_every = parse_duration(&spec.rotate_every).ok_or_else(|| {
-            invalid(format!(
-                "rotateEvery `{}` is not a duration like 24h or 90m",
-                spec.rotate_every
-            ))
-        })?;
+        let rotate_every = crate::duration::parse(&spec.rotate_every)
+            .map_err(|e| invalid(format!("rotateEvery: {e}")))
+            .and_then(|d| {
+                chrono::TimeDelta::from_std(d)
+                    .map_err(|_| invalid("rotateEvery is out of range".into()))
+            })?;
         Ok(Self {
             spec,
             api,
@@ -148,6 +180,7 @@ impl HarborProvider {
             robot_name,
             resource_name: ctx.resource_name.clone(),
             rotate_every,
+            rotate_after: rotate_every * 3 / 4,
             timeout: ctx.timeout,
             trust: ctx.trust.clone(),
             robot: Mutex::new(None),
@@ -217,21 +250,30 @@ impl HarborProvider {
     }
 
     async fn create(&self, s: &Session) -> Result<Option<Robot>, ProviderError> {
-        let (level, namespace) = match &self.spec.project {
-            Some(p) => ("project", p.as_str()),
-            None => ("system", "*"),
+        let (level, projects) = match &self.spec.project {
+            Some(p) => ("project", vec![p.as_str()]),
+            None => (
+                "system",
+                self.spec.projects.iter().map(String::as_str).collect(),
+            ),
         };
+        let permissions: Vec<serde_json::Value> = projects
+            .into_iter()
+            .map(|namespace| {
+                json!({
+                    "kind": "project",
+                    "namespace": namespace,
+                    "access": [{"resource": "repository", "action": "pull"}],
+                })
+            })
+            .collect();
         let body = json!({
             "name": self.robot_name,
             "description": format!("{DESCRIPTION_MARK} for {}", self.resource_name),
             "level": level,
-            "duration": -1,
+            "duration": robot_days(self.rotate_every),
             "disable": false,
-            "permissions": [{
-                "kind": "project",
-                "namespace": namespace,
-                "access": [{"resource": "repository", "action": "pull"}],
-            }],
+            "permissions": permissions,
         });
         let what = "creating the robot";
         let resp = self
@@ -242,7 +284,7 @@ impl HarborProvider {
                 let c: Created = read_json(resp, what, self.secs()).await?;
                 tracing::info!(robot_id = c.id, robot = %c.name, "created Harbor robot");
                 Ok(Some(Robot {
-                    id: c.id,
+                    id: Some(c.id),
                     name: c.name,
                     secret: Redacted::new(c.secret),
                     rotated_at: Utc::now(),
@@ -292,12 +334,16 @@ impl HarborProvider {
         Ok(Some(found))
     }
 
-    /// A new secret for robot `id`. `Ok(None)` when the robot is gone.
+    /// A new secret for robot `id`. `Ok(None)` when the robot is gone (or
+    /// its id is unknown).
     async fn refresh_secret(
         &self,
         s: &Session,
-        id: i64,
+        id: Option<i64>,
     ) -> Result<Option<Redacted<String>>, ProviderError> {
+        let Some(id) = id else {
+            return Ok(None);
+        };
         let what = "rotating the robot's secret";
         let resp = self
             .call(
@@ -343,16 +389,16 @@ impl HarborProvider {
                 reason: format!("robot {} (id {}) is disabled", found.name, found.id),
             });
         }
-        let secret =
-            self.refresh_secret(s, found.id)
-                .await?
-                .ok_or_else(|| ProviderError::Remote {
-                    provider: NAME,
-                    reason: format!("robot id {} vanished while being adopted", found.id),
-                })?;
+        let secret = self
+            .refresh_secret(s, Some(found.id))
+            .await?
+            .ok_or_else(|| ProviderError::Remote {
+                provider: NAME,
+                reason: format!("robot id {} vanished while being adopted", found.id),
+            })?;
         tracing::info!(robot_id = found.id, robot = %found.name, "adopted Harbor robot and rotated its secret");
         Ok(Robot {
-            id: found.id,
+            id: Some(found.id),
             name: found.name,
             secret,
             rotated_at: Utc::now(),
@@ -370,34 +416,49 @@ impl HarborProvider {
         };
         let mut slot = self.robot.lock().await;
         let now = Utc::now();
-        let robot = match slot.take() {
+        let current = match slot.take() {
+            Some(r) if r.id.is_none() => match self.find(&s).await {
+                Ok(found) => found.map(|f| Robot {
+                    id: Some(f.id),
+                    expires_at: f.expires_at.and_then(from_harbor_time),
+                    ..r
+                }),
+                Err(e) => {
+                    *slot = Some(r);
+                    return Err(e);
+                }
+            },
+            other => other,
+        };
+        let robot = match current {
             None => self.obtain(&s).await?,
             Some(r) if r.expires_at.is_some_and(|e| e <= now) => {
                 // Rotation does not extend a robot's life: replace it.
                 self.delete_robot(&s, r.id).await?;
                 self.obtain(&s).await?
             }
-            Some(r) if now >= r.rotated_at + self.rotate_every * 3 / 4 => {
-                match self.refresh_secret(&s, r.id).await {
-                    Ok(Some(secret)) => {
-                        tracing::info!(robot_id = r.id, "rotated Harbor robot secret");
-                        Robot {
-                            secret,
-                            rotated_at: now,
-                            ..r
-                        }
-                    }
-                    Ok(None) => self.obtain(&s).await?,
-                    Err(e) => {
-                        *slot = Some(r);
-                        return Err(e);
+            Some(r) if self.rotation_due(&r, now) => match self.refresh_secret(&s, r.id).await {
+                Ok(Some(secret)) => {
+                    tracing::info!(robot_id = r.id, "rotated Harbor robot secret");
+                    Robot {
+                        secret,
+                        rotated_at: now,
+                        ..r
                     }
                 }
-            }
+                Ok(None) => self.obtain(&s).await?,
+                Err(e) => {
+                    *slot = Some(r);
+                    return Err(e);
+                }
+            },
             Some(r) => r,
         };
-        let due = robot.rotated_at + self.rotate_every;
-        let expires_at = robot.expires_at.map_or(due, |e| e.min(due));
+        let due = robot.rotated_at.checked_add_signed(self.rotate_every);
+        let expires_at = match (robot.expires_at, due) {
+            (Some(robot), Some(due)) => robot.min(due),
+            (robot, due) => robot.or(due).unwrap_or(now),
+        };
         let cred = RegistryCredential {
             host: self.host.clone(),
             username: robot.name.clone(),
@@ -409,7 +470,18 @@ impl HarborProvider {
         Ok(vec![cred])
     }
 
-    async fn delete_robot(&self, s: &Session, id: i64) -> Result<(), ProviderError> {
+    /// Whether `r`'s secret has lived three quarters of `rotateEvery`. A
+    /// rotation time too far ahead to compute with is due.
+    fn rotation_due(&self, r: &Robot, now: DateTime<Utc>) -> bool {
+        r.rotated_at
+            .checked_add_signed(self.rotate_after)
+            .is_none_or(|at| now >= at)
+    }
+
+    async fn delete_robot(&self, s: &Session, id: Option<i64>) -> Result<(), ProviderError> {
+        let Some(id) = id else {
+            return Ok(());
+        };
         let what = "deleting the robot";
         let resp = self
             .call(s, Method::DELETE, &format!("robots/{id}"), &[], None, what)
@@ -429,21 +501,27 @@ impl HarborProvider {
             http: self.client(cluster).await?,
         };
         let mut slot = self.robot.lock().await;
-        let id = match slot.as_ref() {
-            Some(r) => Some(r.id),
+        let id = match slot.as_ref().and_then(|r| r.id) {
+            Some(id) => Some(id),
             // Not minted in this process: look ours up by name.
             None => self.find(&s).await?.map(|r| r.id),
         };
-        if let Some(id) = id {
-            self.delete_robot(&s, id).await?;
-        }
+        self.delete_robot(&s, id).await?;
         *slot = None;
         self.set_note(None);
         Ok(())
     }
 
     fn set_note(&self, robot: Option<&Robot>) {
-        let note = robot.map(|r| format!("harbor robot {} (id {})", r.name, r.id));
+        let warning = if self.api.scheme() == "http" {
+            "; insecure: the admin password goes over plain http"
+        } else {
+            ""
+        };
+        let note = robot.map(|r| match r.id {
+            Some(id) => format!("harbor robot {} (id {id}){warning}", r.name),
+            None => format!("harbor robot {}{warning}", r.name),
+        });
         *self.note.lock().unwrap_or_else(|p| p.into_inner()) = note;
     }
 }
@@ -461,6 +539,41 @@ impl Provider for HarborProvider {
     fn status_note(&self) -> Option<String> {
         self.note.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    fn remote_object(&self) -> Option<String> {
+        Some(format!("{}robots/{}", self.api, self.stored_name()))
+    }
+
+    fn restore(&self, previous: &[RegistryCredential], minted_at: DateTime<Utc>) {
+        let stored = self.stored_name();
+        let Some(cred) = previous
+            .iter()
+            .find(|c| c.host == self.host && is_named(&c.username, &stored))
+        else {
+            return;
+        };
+        let robot = Robot {
+            id: None,
+            name: cred.username.clone(),
+            secret: cred.password.clone(),
+            rotated_at: minted_at,
+            expires_at: None,
+        };
+        self.set_note(Some(&robot));
+        if let Ok(mut slot) = self.robot.try_lock()
+            && slot.is_none()
+        {
+            *slot = Some(robot);
+        }
+    }
+}
+
+/// The robot's own lifetime in Harbor's unit, days: two `rotateEvery`
+/// periods, so a robot regbridge never got to delete stops working soon.
+fn robot_days(rotate_every: chrono::Duration) -> i64 {
+    const DAY: i64 = 86_400;
+    let secs = rotate_every.num_seconds().saturating_mul(2);
+    (secs.saturating_add(DAY - 1) / DAY).max(1)
 }
 
 fn status_error(what: &str, status: StatusCode) -> ProviderError {
@@ -477,15 +590,23 @@ fn status_error(what: &str, status: StatusCode) -> ProviderError {
     }
 }
 
+/// The most of a Harbor answer read: a page of 100 robots is well under it.
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
+
 async fn read_json<T: serde::de::DeserializeOwned>(
     resp: reqwest::Response,
     what: &str,
     timeout_secs: u64,
 ) -> Result<T, ProviderError> {
-    let bytes = resp
-        .bytes()
+    let bytes = crate::body::read_limited(resp, MAX_BODY + 1)
         .await
         .map_err(|e| http_errors::transport(NAME, what, &e, timeout_secs))?;
+    if bytes.len() > MAX_BODY {
+        return Err(ProviderError::Malformed {
+            what: format!("{NAME}: the response to {what}"),
+            reason: format!("larger than {} KiB", MAX_BODY / 1024),
+        });
+    }
     // serde_json's message could quote a secret from the body: say only where.
     serde_json::from_slice(&bytes).map_err(|e| ProviderError::Malformed {
         what: format!("{NAME}: the response to {what}"),
@@ -534,42 +655,9 @@ fn from_harbor_time(t: i64) -> Option<DateTime<Utc>> {
     (t > 0).then(|| DateTime::from_timestamp(t, 0)).flatten()
 }
 
-/// `90s`, `30m`, `24h`, `7d` or sums like `1h30m`; at least one second.
-pub(crate) fn parse_duration(text: &str) -> Option<chrono::Duration> {
-    let mut total = chrono::Duration::zero();
-    let mut digits = String::new();
-    for c in text.trim().chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let n: i64 = digits.parse().ok()?;
-        digits.clear();
-        total += match c {
-            's' => chrono::Duration::try_seconds(n)?,
-            'm' => chrono::Duration::try_minutes(n)?,
-            'h' => chrono::Duration::try_hours(n)?,
-            'd' => chrono::Duration::try_days(n)?,
-            _ => return None,
-        };
-    }
-    (digits.is_empty() && total >= chrono::Duration::seconds(1)).then_some(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_in_the_usual_units() {
-        assert_eq!(parse_duration("24h"), Some(chrono::Duration::hours(24)));
-        assert_eq!(parse_duration("1h30m"), Some(chrono::Duration::minutes(90)));
-        assert_eq!(parse_duration("7d"), Some(chrono::Duration::days(7)));
-        assert_eq!(parse_duration("2s"), Some(chrono::Duration::seconds(2)));
-        for bad in ["", "0s", "24", "h", "1w", "-1h"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn reported_names_match_with_default_or_custom_prefix_only() {
@@ -583,6 +671,7 @@ mod tests {
     fn spec(url: &str) -> HarborSpec {
         HarborSpec {
             url: url.into(),
+            project: Some("team-a".into()),
             rotate_every: "24h".into(),
             ..Default::default()
         }

@@ -11,8 +11,11 @@
 
 #[cfg(feature = "ecr")]
 mod aws_errors;
+#[cfg(feature = "harbor")]
+mod body;
 mod credential;
 pub mod dockerconfig;
+pub mod duration;
 #[cfg(feature = "ecr")]
 mod ecr;
 #[cfg(feature = "ecr")]

@@ -172,21 +172,35 @@ pub struct GarSpec {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.project) != (has(self.projects) && size(self.projects) > 0)",
+    "message": "set project (a project robot) or projects (a system robot), not both"
+}]))]
 pub struct HarborSpec {
-    /// Base URL of Harbor, e.g. `https://harbor.example.com`.
+    /// Base URL of Harbor, e.g. `https://harbor.example.com`. `http://`
+    /// sends the admin password in clear and is refused unless `insecure`.
     pub url: String,
+    /// Allow an `http://` url. Status warns while it is in use.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
     /// A Secret with `username` and `password` of an account allowed to
     /// manage robots. Never distributed.
     pub admin_secret_ref: SecretRef,
-    /// Project for a project-level robot. Without it, a system-level robot
-    /// with pull on all projects.
+    /// Project for a project-level robot, limited to that project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// Projects for a system-level robot (instead of `project`): pull on
+    /// each. `["*"]` is every project, and only that says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<String>,
     /// Robot name. Default: derived from the resource name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub robot_name: Option<String>,
-    /// How often the robot's secret is rotated, e.g. `24h`.
+    /// How often the robot's secret is rotated, e.g. `24h`: whole hours,
+    /// minutes and seconds, at most `8760h`. The robot itself lives two such
+    /// periods (in whole days) unless regbridge replaces or deletes it.
     #[serde(default = "default_rotate_every")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"), length(max = 32))]
     pub rotate_every: String,
     /// A Secret with `ca.crt`, trusted besides the system store for Harbor's
     /// API and when its registry is verified.

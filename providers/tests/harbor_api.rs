@@ -1,281 +1,17 @@
-//! The `harbor` provider against a loopback server that follows Harbor's v2
-//! robot API (`/api/v2.0/robots`) as documented in Harbor's swagger and as
-//! NOTES.md records its behaviour:
-//! - `POST /robots` → 201 with `Location` and `{id, name: "robot$...", secret,
-//!   creation_time, expires_at}`; a supplied secret is ignored; 409 when the
-//!   name is taken; project robots are stored as `<project>+<name>`;
-//! - `GET /robots?q=name=<stored name>` lists matches, without secrets;
-//! - `PATCH /robots/{id}` with `{"secret": ""}` generates and returns a new
-//!   secret, and the old one stops working;
-//! - `DELETE /robots/{id}`; 404 for unknown ids;
-//! - 401 without basic auth or with wrong basic auth.
-//!
-//! A real Harbor needs a dozen containers and a database, which this test
-//! environment cannot run; the server here keeps exactly the state the robot
-//! API exposes, plus switches to inject 5xx answers and delays.
+//! The `harbor` provider against the loopback server in
+//! `common/harbor.rs`, which follows Harbor's v2 robot API.
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use regbridge_providers::spec::{CredentialSpec, HarborSpec};
 use regbridge_providers::{BuildContext, Provider, ProviderError, build};
-use serde_json::{Value, json};
+use serde_json::json;
 
+use common::harbor::{self, ADMIN_PASSWORD, ADMIN_USER, Shared};
 use common::{TestCluster, secret_ref};
-
-const ADMIN_USER: &str = "admin";
-const ADMIN_PASSWORD: &str = "Harbor12345-admin-never-leaks";
-
-#[derive(Clone, Debug)]
-struct Robot {
-    id: i64,
-    /// As stored: `<name>` or `<project>+<name>`.
-    stored: String,
-    description: String,
-    level: String,
-    permissions: Value,
-    secret: String,
-    expires_at: i64,
-}
-
-#[derive(Default)]
-struct Harbor {
-    robots: BTreeMap<i64, Robot>,
-    next_id: i64,
-    secrets_issued: u64,
-    /// Answer the next N requests with 503.
-    fail_next: u32,
-    /// Sleep this long before answering.
-    delay: Option<Duration>,
-    /// Method and path of every authenticated request, in order.
-    log: Vec<String>,
-    last_create_body: Option<Value>,
-}
-
-impl Harbor {
-    fn new_secret(&mut self) -> String {
-        self.secrets_issued += 1;
-        format!("Gen{}Secret{}x", self.secrets_issued, self.next_id)
-    }
-
-    /// Whether a registry login with these credentials would succeed.
-    fn accepts(&self, username: &str, password: &str) -> bool {
-        self.robots
-            .values()
-            .any(|r| format!("robot${}", r.stored) == username && r.secret == password)
-    }
-
-    fn seed(&mut self, stored: &str, description: &str) -> i64 {
-        self.next_id += 1;
-        let id = self.next_id;
-        let secret = self.new_secret();
-        self.robots.insert(
-            id,
-            Robot {
-                id,
-                stored: stored.into(),
-                description: description.into(),
-                level: "system".into(),
-                permissions: json!([]),
-                secret,
-                expires_at: -1,
-            },
-        );
-        id
-    }
-}
-
-type Shared = Arc<Mutex<Harbor>>;
-
-fn errors(status: StatusCode, code: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({"errors": [{"code": code, "message": code.to_lowercase()}]})),
-    )
-        .into_response()
-}
-
-/// Auth, fault injection and logging, shared by every handler.
-async fn gate(h: &Shared, headers: &HeaderMap, what: String) -> Result<(), Response> {
-    let delay = h.lock().unwrap().delay;
-    if let Some(d) = delay {
-        tokio::time::sleep(d).await;
-    }
-    let expected = format!(
-        "Basic {}",
-        STANDARD.encode(format!("{ADMIN_USER}:{ADMIN_PASSWORD}"))
-    );
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if auth != Some(expected.as_str()) {
-        return Err(errors(StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
-    }
-    let mut g = h.lock().unwrap();
-    if g.fail_next > 0 {
-        g.fail_next -= 1;
-        return Err(errors(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "SERVICE_UNAVAILABLE",
-        ));
-    }
-    g.log.push(what);
-    Ok(())
-}
-
-fn listed(r: &Robot) -> Value {
-    json!({
-        "id": r.id,
-        "name": format!("robot${}", r.stored),
-        "description": r.description,
-        "level": r.level,
-        "duration": -1,
-        "disable": false,
-        "expires_at": r.expires_at,
-        "permissions": r.permissions,
-        "creation_time": "2026-11-01T00:00:00.000Z",
-        "update_time": "2026-11-01T00:00:00.000Z",
-    })
-}
-
-async fn create(
-    State(h): State<Shared>,
-    headers: HeaderMap,
-    axum::Json(body): axum::Json<Value>,
-) -> Response {
-    if let Err(r) = gate(&h, &headers, "POST /robots".into()).await {
-        return r;
-    }
-    let mut g = h.lock().unwrap();
-    g.last_create_body = Some(body.clone());
-    let name = body["name"].as_str().unwrap_or_default().to_owned();
-    let level = body["level"].as_str().unwrap_or_default().to_owned();
-    let stored = if level == "project" {
-        format!(
-            "{}+{name}",
-            body["permissions"][0]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-        )
-    } else {
-        name
-    };
-    if g.robots.values().any(|r| r.stored == stored) {
-        return errors(StatusCode::CONFLICT, "CONFLICT");
-    }
-    g.next_id += 1;
-    let id = g.next_id;
-    // Harbor ignores a supplied secret and always generates one.
-    let secret = g.new_secret();
-    let duration = body["duration"].as_i64().unwrap_or(-1);
-    let expires_at = if duration == -1 {
-        -1
-    } else {
-        Utc::now().timestamp() + duration * 86_400
-    };
-    let robot = Robot {
-        id,
-        stored: stored.clone(),
-        description: body["description"].as_str().unwrap_or_default().into(),
-        level,
-        permissions: body["permissions"].clone(),
-        secret: secret.clone(),
-        expires_at,
-    };
-    g.robots.insert(id, robot);
-    (
-        StatusCode::CREATED,
-        [(header::LOCATION, format!("/api/v2.0/robots/{id}"))],
-        axum::Json(json!({
-            "id": id,
-            "name": format!("robot${stored}"),
-            "secret": secret,
-            "creation_time": Utc::now().to_rfc3339(),
-            "expires_at": expires_at,
-        })),
-    )
-        .into_response()
-}
-
-async fn list(
-    State(h): State<Shared>,
-    headers: HeaderMap,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> Response {
-    if let Err(r) = gate(
-        &h,
-        &headers,
-        format!("GET /robots?q={}", q.get("q").cloned().unwrap_or_default()),
-    )
-    .await
-    {
-        return r;
-    }
-    let g = h.lock().unwrap();
-    let wanted = q
-        .get("q")
-        .and_then(|q| q.strip_prefix("name="))
-        .map(str::to_owned);
-    let items: Vec<Value> = g
-        .robots
-        .values()
-        .filter(|r| wanted.as_deref().is_none_or(|w| r.stored == w))
-        .map(listed)
-        .collect();
-    (
-        [("X-Total-Count", items.len().to_string())],
-        axum::Json(Value::Array(items)),
-    )
-        .into_response()
-}
-
-async fn refresh(
-    State(h): State<Shared>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-    axum::Json(body): axum::Json<Value>,
-) -> Response {
-    if let Err(r) = gate(&h, &headers, format!("PATCH /robots/{id}")).await {
-        return r;
-    }
-    let mut g = h.lock().unwrap();
-    if !g.robots.contains_key(&id) {
-        return errors(StatusCode::NOT_FOUND, "NOT_FOUND");
-    }
-    let supplied = body["secret"].as_str().unwrap_or_default().to_owned();
-    let (secret, echo) = if supplied.is_empty() {
-        (g.new_secret(), true)
-    } else {
-        (supplied, false)
-    };
-    g.robots.get_mut(&id).expect("checked").secret = secret.clone();
-    if echo {
-        axum::Json(json!({"secret": secret})).into_response()
-    } else {
-        axum::Json(json!({})).into_response()
-    }
-}
-
-async fn delete(State(h): State<Shared>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
-    if let Err(r) = gate(&h, &headers, format!("DELETE /robots/{id}")).await {
-        return r;
-    }
-    match h.lock().unwrap().robots.remove(&id) {
-        Some(_) => StatusCode::OK.into_response(),
-        None => errors(StatusCode::NOT_FOUND, "NOT_FOUND"),
-    }
-}
 
 struct Fixture {
     harbor: Shared,
@@ -284,17 +20,10 @@ struct Fixture {
 }
 
 async fn start() -> Fixture {
-    let harbor: Shared = Arc::default();
-    let app = Router::new()
-        .route("/api/v2.0/robots", get(list).post(create))
-        .route("/api/v2.0/robots/{id}", patch(refresh).delete(delete))
-        .with_state(harbor.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (harbor, url) = harbor::serve().await;
     Fixture {
         harbor,
-        url: format!("http://{addr}"),
+        url,
         cluster: admin_cluster(ADMIN_PASSWORD),
     }
 }
@@ -311,10 +40,14 @@ fn admin_cluster(password: &str) -> TestCluster {
 }
 
 impl Fixture {
+    /// A system robot for two projects. The stub speaks plain HTTP, which
+    /// the spec must allow.
     fn spec(&self) -> HarborSpec {
         HarborSpec {
             url: self.url.clone(),
+            insecure: true,
             admin_secret_ref: secret_ref("regbridge", "harbor-admin"),
+            projects: vec!["library".into(), "team-a".into()],
             rotate_every: "24h".into(),
             ..Default::default()
         }
@@ -350,9 +83,27 @@ async fn creates_a_pull_only_system_robot_and_mints_its_secret() {
     assert_eq!(body["level"], "system");
     assert_eq!(
         body["permissions"],
-        json!([{"kind": "project", "namespace": "*", "access": [{"resource": "repository", "action": "pull"}]}])
+        json!([
+            {"kind": "project", "namespace": "library",
+             "access": [{"resource": "repository", "action": "pull"}]},
+            {"kind": "project", "namespace": "team-a",
+             "access": [{"resource": "repository", "action": "pull"}]},
+        ]),
+        "pull on the listed projects only, never `*` unless listed"
     );
-    // The robot never expires; the credential expires at the next rotation.
+    // The robot lives two rotation periods; the credential expires at the
+    // next rotation.
+    assert_eq!(body["duration"], 2, "days");
+    let robot_expiry = f
+        .harbor
+        .lock()
+        .unwrap()
+        .robots
+        .values()
+        .next()
+        .unwrap()
+        .expires_at;
+    assert!((robot_expiry - Utc::now().timestamp() - 2 * 86_400).abs() < 30);
     let expires = c.expires_at.expect("an expiry");
     let in_a_day = Utc::now() + chrono::Duration::hours(24);
     assert!((expires - in_a_day).num_seconds().abs() < 30, "{expires}");
@@ -377,6 +128,7 @@ async fn project_robot_is_named_after_its_project_and_limited_to_it() {
     let f = start().await;
     let p = f.provider(HarborSpec {
         project: Some("team-a".into()),
+        projects: vec![],
         robot_name: Some("puller".into()),
         ..f.spec()
     });
@@ -611,4 +363,102 @@ async fn admin_credentials_are_never_the_minted_credential() {
         assert_ne!(c.password.expose(), ADMIN_PASSWORD);
         assert!(!format!("{c:?}").contains(c.password.expose().as_str()));
     }
+}
+
+#[tokio::test]
+async fn a_system_robot_gets_every_project_only_when_the_spec_says_so() {
+    let f = start().await;
+    let everything = f.provider(HarborSpec {
+        projects: vec!["*".into()],
+        ..f.spec()
+    });
+    everything.mint(&f.cluster).await.expect("mint");
+    let body = f.harbor.lock().unwrap().last_create_body.clone().unwrap();
+    assert_eq!(body["permissions"][0]["namespace"], "*");
+    let ctx = BuildContext::new("team-a-pulls");
+    let none = build(
+        &CredentialSpec::Harbor(HarborSpec {
+            projects: vec![],
+            ..f.spec()
+        }),
+        &ctx,
+    );
+    let err = none
+        .err()
+        .expect("a system robot without projects is refused");
+    assert!(err.to_string().contains("needs projects"), "{err}");
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_unless_insecure_and_then_noted() {
+    let f = start().await;
+    let ctx = BuildContext::new("team-a-pulls");
+    let refused = build(
+        &CredentialSpec::Harbor(HarborSpec {
+            insecure: false,
+            ..f.spec()
+        }),
+        &ctx,
+    );
+    let err = refused.err().expect("http:// without insecure is refused");
+    assert!(err.to_string().contains("in clear"), "{err}");
+    let p = f.provider(f.spec());
+    p.mint(&f.cluster).await.expect("mint");
+    assert!(p.status_note().unwrap().contains("insecure"));
+}
+
+/// A new process is handed what was distributed: it takes the robot over
+/// with that secret and rotates nothing until rotation is due.
+#[tokio::test]
+async fn a_restored_robot_is_not_rotated_before_it_is_due() {
+    let f = start().await;
+    let first = f.provider(f.spec());
+    let minted = first.mint(&f.cluster).await.expect("mint");
+    let before = f.log().len();
+
+    let second = f.provider(f.spec());
+    second.restore(&minted, Utc::now() - chrono::Duration::hours(1));
+    let again = second.mint(&f.cluster).await.expect("mint");
+    assert_eq!(again[0].password.expose(), minted[0].password.expose());
+    let calls: Vec<String> = f.log()[before..].to_vec();
+    assert!(
+        calls.iter().all(|c| c.starts_with("GET /robots")),
+        "only a lookup of the robot's id: {calls:?}"
+    );
+    assert!(second.status_note().unwrap().contains("id "));
+    let c = &again[0];
+    assert!(
+        f.harbor
+            .lock()
+            .unwrap()
+            .accepts(&c.username, c.password.expose())
+    );
+
+    // Restored from a secret rotated 20 h ago: rotation (at 18 h) is due.
+    let third = f.provider(f.spec());
+    third.restore(&again, Utc::now() - chrono::Duration::hours(20));
+    let rotated = third.mint(&f.cluster).await.expect("mint");
+    assert_ne!(rotated[0].password.expose(), minted[0].password.expose());
+    assert!(f.log().iter().any(|c| c.starts_with("PATCH /robots/")));
+}
+
+#[tokio::test]
+async fn a_failed_delete_is_reported_and_the_retry_deletes() {
+    let f = start().await;
+    let p = f.provider(f.spec());
+    p.mint(&f.cluster).await.expect("mint");
+    f.harbor.lock().unwrap().fail_next = 1;
+    assert!(p.cleanup(&f.cluster).await.is_err(), "a 503 is an error");
+    assert_eq!(f.harbor.lock().unwrap().robots.len(), 1, "still there");
+    p.cleanup(&f.cluster).await.expect("the retry deletes");
+    assert!(f.harbor.lock().unwrap().robots.is_empty());
+}
+
+#[tokio::test]
+async fn an_oversized_answer_is_refused() {
+    let f = start().await;
+    f.harbor.lock().unwrap().pad_lists = 2 * 1024 * 1024;
+    let p = f.provider(f.spec());
+    let err = p.cleanup(&f.cluster).await.expect_err("refused");
+    assert!(err.to_string().contains("larger than 1024 KiB"), "{err}");
 }
