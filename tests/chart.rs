@@ -606,4 +606,89 @@ fn webhook_url_replaces_the_service() {
         r.env()["REGBRIDGE_WEBHOOK_CERT_NAMES"]["value"],
         "172.18.0.1"
     );
+    // The API server calls that address directly: the NetworkPolicy admits
+    // it to the webhook port, and anyone to the metrics port (none listed).
+    let ingress = &r.one("NetworkPolicy")["spec"]["ingress"];
+    assert_eq!(
+        ingress[0]["from"],
+        json!([{"ipBlock": {"cidr": "172.18.0.1/32"}}])
+    );
+    assert_eq!(ingress[1]["ports"][0]["port"], "http-metrics");
+    assert!(
+        ingress[1].get("from").is_none(),
+        "metrics open to any source"
+    );
+}
+
+/// Values that would block the API server fail the install with a message
+/// naming the value to set.
+#[test]
+fn incomplete_values_are_refused_with_the_value_to_set() {
+    let Some(text) = rendered("refused.json") else {
+        return;
+    };
+    let refused: BTreeMap<String, Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        refused.keys().collect::<Vec<_>>(),
+        ["network-policy-without-sources"]
+    );
+    for (name, r) in &refused {
+        assert_eq!(r["refused"], true, "{name}: {r}");
+        let expected = r["expected"].as_str().unwrap();
+        assert!(
+            r["message"].as_str().unwrap().contains(expected),
+            "{name}: {r}"
+        );
+    }
+}
+
+#[test]
+fn network_policy_admits_only_the_listed_sources_to_the_webhook_port() {
+    let (Some(default), Some(r)) = (
+        Rendering::load("default.yaml"),
+        Rendering::load("custom.yaml"),
+    ) else {
+        return;
+    };
+    assert!(default.all("NetworkPolicy").is_empty(), "off by default");
+    let np = r.one("NetworkPolicy");
+    let d = r.one("Deployment");
+    assert_eq!(np["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        np["spec"]["policyTypes"],
+        json!(["Ingress"]),
+        "egress stays open"
+    );
+    let ingress = np["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 2);
+    let ports: Vec<&Value> = r.container()["ports"].as_array().unwrap().iter().collect();
+    let port_named = |name: &str| ports.iter().find(|p| p["name"] == name).copied();
+    // Named ports: the policy follows `webhook.port` and `metrics.port`.
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"port": "webhook", "protocol": "TCP"}])
+    );
+    assert_eq!(port_named("webhook").unwrap()["containerPort"], 8443);
+    assert_eq!(
+        ingress[0]["from"],
+        json!([
+            {"ipBlock": {"cidr": "10.0.0.0/28"}},
+            {"ipBlock": {"cidr": "10.0.1.5/32"}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+             "podSelector": {"matchLabels": {"app": "konnectivity-agent"}}}
+        ])
+    );
+    assert_eq!(
+        ingress[1]["ports"],
+        json!([{"port": "http-metrics", "protocol": "TCP"}])
+    );
+    assert_eq!(port_named("http-metrics").unwrap()["containerPort"], 9090);
+    assert_eq!(
+        ingress[1]["from"],
+        json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
+    );
 }
