@@ -357,6 +357,13 @@ fn custom_values_reach_every_optional_part() {
         );
     }
     assert!(r.grants("", "serviceaccounts/token", "create"));
+    assert_eq!(
+        tenant_token_roles(&r),
+        BTreeMap::from([
+            ("team-a".to_string(), json!(["registry-puller"])),
+            ("team-b".to_string(), json!(["registry-puller"])),
+        ])
+    );
 }
 
 /// `extraCA` mounts the bundle read-only and hands the controller its path:
@@ -418,8 +425,37 @@ fn cluster_pull_secrets_from_values_parse_as_the_resource() {
     assert_eq!(ecr["spec"]["refreshBefore"], "2h");
 }
 
+/// The tenant token Roles of a rendering: namespace -> the rule's
+/// `resourceNames`; and no ClusterRole may grant tokens.
+fn tenant_token_roles(r: &Rendering) -> BTreeMap<String, Value> {
+    for role in r.all("ClusterRole") {
+        let rules = role["rules"].as_array().into_iter().flatten();
+        assert!(
+            !rules
+                .flat_map(|rule| rule["resources"].as_array().into_iter().flatten())
+                .any(|res| res == "serviceaccounts/token" || res == "*"),
+            "ClusterRole {} grants tokens for every ServiceAccount",
+            role["metadata"]["name"]
+        );
+    }
+    r.all("Role")
+        .into_iter()
+        .filter(|role| role["rules"][0]["resources"] == json!(["serviceaccounts/token"]))
+        .map(|role| {
+            let rules = role["rules"].as_array().unwrap();
+            assert_eq!(rules.len(), 1, "{role}");
+            assert_eq!(rules[0]["apiGroups"], json!([""]));
+            assert_eq!(rules[0]["verbs"], json!(["create"]));
+            (
+                role["metadata"]["namespace"].as_str().unwrap().to_string(),
+                rules[0]["resourceNames"].clone(),
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn per_tenant_identity_adds_only_token_requests() {
+fn per_tenant_identity_adds_only_token_requests_for_the_listed_service_accounts() {
     let (Some(base), Some(tenant)) = (
         Rendering::load("default.yaml"),
         Rendering::load("per-tenant.yaml"),
@@ -427,13 +463,21 @@ fn per_tenant_identity_adds_only_token_requests() {
         return;
     };
     assert!(tenant.grants("", "serviceaccounts/token", "create"));
+    assert_eq!(
+        tenant_token_roles(&tenant),
+        BTreeMap::from([
+            ("team-a".to_string(), json!(["puller", "builder"])),
+            ("team-b".to_string(), json!(["on"])),
+        ])
+    );
     let rbac = |r: &Rendering| {
         let mut names: Vec<String> = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
             .iter()
             .flat_map(|k| r.all(k))
             .map(|d| {
                 let name = d["metadata"]["name"].as_str().unwrap_or_default();
-                format!("{}/{name}", d["kind"].as_str().unwrap_or_default())
+                let ns = d["metadata"]["namespace"].as_str().unwrap_or("(cluster)");
+                format!("{}/{ns}/{name}", d["kind"].as_str().unwrap_or_default())
             })
             .collect();
         names.sort();
@@ -444,10 +488,26 @@ fn per_tenant_identity_adds_only_token_requests() {
     assert_eq!(
         extra,
         [
-            "ClusterRole/regbridge-tenant-tokens",
-            "ClusterRoleBinding/regbridge-tenant-tokens"
+            "Role/team-a/regbridge-tenant-tokens",
+            "Role/team-b/regbridge-tenant-tokens",
+            "RoleBinding/team-a/regbridge-tenant-tokens",
+            "RoleBinding/team-b/regbridge-tenant-tokens",
         ]
     );
+    for binding in tenant
+        .all("RoleBinding")
+        .into_iter()
+        .filter(|b| b["metadata"]["name"] == "regbridge-tenant-tokens")
+    {
+        assert_eq!(
+            binding["roleRef"],
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "regbridge-tenant-tokens"})
+        );
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "regbridge", "namespace": NAMESPACE}])
+        );
+    }
 }
 
 #[test]
@@ -620,8 +680,8 @@ fn webhook_url_replaces_the_service() {
     );
 }
 
-/// Values that would block the API server fail the install with a message
-/// naming the value to set.
+/// Values that would grant nothing the controller needs, or block the API
+/// server, fail the install with a message naming the value to set.
 #[test]
 fn incomplete_values_are_refused_with_the_value_to_set() {
     let Some(text) = rendered("refused.json") else {
@@ -630,7 +690,7 @@ fn incomplete_values_are_refused_with_the_value_to_set() {
     let refused: BTreeMap<String, Value> = serde_json::from_str(&text).unwrap();
     assert_eq!(
         refused.keys().collect::<Vec<_>>(),
-        ["network-policy-without-sources"]
+        ["network-policy-without-sources", "per-tenant-unlisted"]
     );
     for (name, r) in &refused {
         assert_eq!(r["refused"], true, "{name}: {r}");

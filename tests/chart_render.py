@@ -14,7 +14,7 @@ writes into OUT_DIR:
   default.yaml      the plain-manifest install: Namespace, CRD, default rendering
                     (deploy/manifests/regbridge.yaml must equal it)
   custom.yaml       rendered with non-default values (CUSTOM_VALUES below)
-  per-tenant.yaml   rendered with perTenantIdentity.enabled
+  per-tenant.yaml   rendered with perTenantIdentity.enabled and its ServiceAccounts
   webhook-url.yaml  rendered with webhook.url (no Service in front of it)
   refused.json      values the chart must refuse (REFUSED_VALUES), and why
   timings.json      seconds per step
@@ -50,7 +50,10 @@ CUSTOM_VALUES = {
             "iam.gke.io/gcp-service-account": "regbridge@my-project.iam.gserviceaccount.com",
         },
     },
-    "perTenantIdentity": {"enabled": True},
+    "perTenantIdentity": {"enabled": True, "serviceAccounts": [
+        {"namespace": "team-a", "name": "registry-puller"},
+        {"namespace": "team-b", "name": "registry-puller"},
+    ]},
     "extraCA": {"configMap": "corp-ca", "key": "bundle.pem"},
     "metrics": {
         "port": 9090,
@@ -98,13 +101,20 @@ CUSTOM_VALUES = {
         },
     ],
 }
-PER_TENANT_VALUES = {"perTenantIdentity": {"enabled": True}}
+# The ServiceAccount tests/rbac.rs's scenario requests a token for, a second
+# one in the same namespace, and one whose name YAML 1.1 reads as a boolean.
+PER_TENANT_VALUES = {"perTenantIdentity": {"enabled": True, "serviceAccounts": [
+    {"namespace": "team-a", "name": "puller"},
+    {"namespace": "team-a", "name": "builder"},
+    {"namespace": "team-b", "name": "on"},
+]}}
 # The webhook reached by URL, as the e2e suite runs it, with a NetworkPolicy
 # that admits only that caller to the webhook port.
 WEBHOOK_URL_VALUES = {"webhook": {"url": "https://172.18.0.1:9443/"},
                       "networkPolicy": {"enabled": True, "webhook": {"apiServerCIDRs": ["172.18.0.1/32"]}}}
 # Values the chart must refuse, each with a word its message must contain.
 REFUSED_VALUES = {
+    "per-tenant-unlisted": ({"perTenantIdentity": {"enabled": True}}, "perTenantIdentity.serviceAccounts"),
     "network-policy-without-sources": ({"networkPolicy": {"enabled": True}}, "networkPolicy.webhook.apiServerCIDRs"),
 }
 
