@@ -77,6 +77,12 @@ pub struct AdmissionLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `too_large` (over the body limit) or `timeout` (not read in time).
+    pub reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -97,6 +103,7 @@ pub struct Metrics {
     pub pull_auth_failures: Family<RegistryLabels, Counter>,
     pub admissions: Family<AdmissionLabels, Counter>,
     pub admission_duration: Histogram,
+    pub webhook_refusals: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -175,6 +182,12 @@ impl Default for Metrics {
             "Time the admission webhook took to answer one request",
             admission_duration.clone(),
         );
+        let webhook_refusals = Family::default();
+        registry.register(
+            "webhook_refusals",
+            "Admission webhook requests refused unread, by reason (too_large, timeout)",
+            webhook_refusals.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -189,6 +202,7 @@ impl Default for Metrics {
             pull_auth_failures,
             admissions,
             admission_duration,
+            webhook_refusals,
         }
     }
 }

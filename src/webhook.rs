@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures::StreamExt;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
@@ -23,6 +24,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tracing::{debug, info, warn};
@@ -31,7 +33,7 @@ use crate::admission::{self, Kind, Target};
 use crate::crd::ClusterPullSecret;
 use crate::health::Health;
 use crate::index::{Index, NamespaceView};
-use crate::metrics::{AdmissionLabels, Metrics};
+use crate::metrics::{AdmissionLabels, Metrics, RefusalLabels};
 use crate::selection_cache::SelectionCache;
 use crate::webhook_tls::{self, CertResolver};
 
@@ -39,6 +41,45 @@ use crate::webhook_tls::{self, CertResolver};
 pub const PATH: &str = "/mutate";
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's headers, counted from the end
+/// of the TLS handshake or of the previous response; so it is also how long
+/// an idle keep-alive connection stays open. The API server sends a review's
+/// headers at once, and opens a new connection (one handshake) when an idle
+/// one has been closed; a client that stalls is cut off.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one review may take from its headers to its answer: waiting for
+/// a review slot, reading the body and deciding. The API server abandons a
+/// call after the configuration's `timeoutSeconds` (2), so this cuts off only
+/// a client the API server would no longer wait for: one trickling a body.
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once. The next client waits in the kernel's accept
+/// backlog, before its TLS handshake, so it costs this process nothing. A
+/// connection that is not in a review holds rustls's buffers (about two TLS
+/// records) and hyper's read buffer (`MAX_HEAD_BYTES`): under 64 KiB, so
+/// 512 connections stay under 32 MiB. The API server keeps one connection
+/// per concurrent call; 512 is far more than its admission concurrency.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Reviews read into memory at once; others wait for a slot (within
+/// [`REVIEW_TIMEOUT`]) with their bodies still in the socket. A review takes
+/// a fraction of a millisecond, so 4 slots answer thousands per second; each
+/// holds at most [`MAX_REVIEW_BYTES`] of body, a contiguous copy of it and
+/// the parsed object, so about 48 MiB in all at the worst.
+pub const MAX_REVIEWS_IN_FLIGHT: usize = 4;
+/// The largest request body read. The largest review this webhook is sent
+/// is a ServiceAccount UPDATE, which carries the object and its `oldObject`
+/// (a Pod CREATE carries one object). etcd refuses to store a value over
+/// 1.5 MiB (its default `--max-request-bytes`), so each object is at most
+/// that as stored; an object gets that big through its strings (annotations,
+/// environment values, command lines), which JSON carries at nearly the same
+/// size. Two of them plus the review's envelope fit in 4 MiB. (axum's default
+/// of 2 MiB refused an UPDATE of two large objects.) A bigger body gets 413,
+/// and `failurePolicy: Ignore` admits the object unchanged: the controller's
+/// watch then patches the ServiceAccount as it does without the webhook.
+pub const MAX_REVIEW_BYTES: usize = 4 << 20;
+/// hyper's read buffer, which bounds a request's head (request line and
+/// headers). The API server's headers take well under 2 KiB; the body is
+/// read through the same buffer in pieces of this size.
+const MAX_HEAD_BYTES: usize = 16 << 10;
 /// How often a mounted certificate (cert-manager) is read again.
 const RELOAD_MOUNTED_EVERY: Duration = Duration::from_secs(300);
 /// How long a request waits for its namespace to reach the cache: a
@@ -59,6 +100,8 @@ pub struct Webhook {
     namespaces: Index<NamespaceView>,
     resources_synced: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    /// The review slots ([`MAX_REVIEWS_IN_FLIGHT`]).
+    reviews: Semaphore,
 }
 
 impl Webhook {
@@ -74,6 +117,7 @@ impl Webhook {
             namespaces,
             resources_synced,
             metrics,
+            reviews: Semaphore::new(MAX_REVIEWS_IN_FLIGHT),
         }
     }
 
@@ -154,7 +198,34 @@ impl Webhook {
 }
 
 pub fn router(webhook: Arc<Webhook>) -> Router {
-    Router::new().route(PATH, post(mutate)).with_state(webhook)
+    Router::new()
+        .route(PATH, post(mutate))
+        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
+        .layer(middleware::from_fn_with_state(webhook.clone(), bounded))
+        .with_state(webhook)
+}
+
+/// Runs one request in a review slot and within [`REVIEW_TIMEOUT`], so that
+/// at most [`MAX_REVIEWS_IN_FLIGHT`] bodies are in memory, none for long.
+async fn bounded(State(webhook): State<Arc<Webhook>>, request: Request, next: Next) -> Response {
+    let work = async {
+        let _slot = webhook.reviews.acquire().await;
+        next.run(request).await
+    };
+    let (response, refusal) = match tokio::time::timeout(REVIEW_TIMEOUT, work).await {
+        Ok(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => (r, Some("too_large")),
+        Ok(r) => (r, None),
+        Err(_) => (StatusCode::REQUEST_TIMEOUT.into_response(), Some("timeout")),
+    };
+    if let Some(reason) = refusal {
+        debug!(reason, "admission request refused");
+        webhook
+            .metrics
+            .webhook_refusals
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+    response
 }
 
 async fn mutate(State(webhook): State<Arc<Webhook>>, body: Bytes) -> impl IntoResponse {
@@ -172,7 +243,9 @@ async fn mutate(State(webhook): State<Arc<Webhook>>, body: Bytes) -> impl IntoRe
     }
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown` completes.
+/// Serves `app` over TLS on `listener` until `shutdown` completes, to at
+/// most [`MAX_CONNECTIONS`] clients at once, each held to
+/// [`HANDSHAKE_TIMEOUT`] and [`HEADER_READ_TIMEOUT`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -180,8 +253,22 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
     tokio::pin!(shutdown);
     loop {
+        // A slot first: a client over the cap stays in the kernel's backlog,
+        // unaccepted, until a connection ends.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => return, // never closed
+            },
+            _ = &mut shutdown => return,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -193,8 +280,9 @@ pub async fn serve(
             },
             _ = &mut shutdown => return,
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let (acceptor, app, http) = (acceptor.clone(), app.clone(), http.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -207,10 +295,7 @@ pub async fn serve(
                 }
             };
             let service = TowerToHyperService::new(app);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
                 debug!(%peer, error = %e, "webhook connection ended");
             }
         });

@@ -357,6 +357,13 @@ fn custom_values_reach_every_optional_part() {
         );
     }
     assert!(r.grants("", "serviceaccounts/token", "create"));
+    assert_eq!(
+        tenant_token_roles(&r),
+        BTreeMap::from([
+            ("team-a".to_string(), json!(["registry-puller"])),
+            ("team-b".to_string(), json!(["registry-puller"])),
+        ])
+    );
 }
 
 /// `extraCA` mounts the bundle read-only and hands the controller its path:
@@ -418,8 +425,37 @@ fn cluster_pull_secrets_from_values_parse_as_the_resource() {
     assert_eq!(ecr["spec"]["refreshBefore"], "2h");
 }
 
+/// The tenant token Roles of a rendering: namespace -> the rule's
+/// `resourceNames`; and no ClusterRole may grant tokens.
+fn tenant_token_roles(r: &Rendering) -> BTreeMap<String, Value> {
+    for role in r.all("ClusterRole") {
+        let rules = role["rules"].as_array().into_iter().flatten();
+        assert!(
+            !rules
+                .flat_map(|rule| rule["resources"].as_array().into_iter().flatten())
+                .any(|res| res == "serviceaccounts/token" || res == "*"),
+            "ClusterRole {} grants tokens for every ServiceAccount",
+            role["metadata"]["name"]
+        );
+    }
+    r.all("Role")
+        .into_iter()
+        .filter(|role| role["rules"][0]["resources"] == json!(["serviceaccounts/token"]))
+        .map(|role| {
+            let rules = role["rules"].as_array().unwrap();
+            assert_eq!(rules.len(), 1, "{role}");
+            assert_eq!(rules[0]["apiGroups"], json!([""]));
+            assert_eq!(rules[0]["verbs"], json!(["create"]));
+            (
+                role["metadata"]["namespace"].as_str().unwrap().to_string(),
+                rules[0]["resourceNames"].clone(),
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn per_tenant_identity_adds_only_token_requests() {
+fn per_tenant_identity_adds_only_token_requests_for_the_listed_service_accounts() {
     let (Some(base), Some(tenant)) = (
         Rendering::load("default.yaml"),
         Rendering::load("per-tenant.yaml"),
@@ -427,13 +463,21 @@ fn per_tenant_identity_adds_only_token_requests() {
         return;
     };
     assert!(tenant.grants("", "serviceaccounts/token", "create"));
+    assert_eq!(
+        tenant_token_roles(&tenant),
+        BTreeMap::from([
+            ("team-a".to_string(), json!(["puller", "builder"])),
+            ("team-b".to_string(), json!(["on"])),
+        ])
+    );
     let rbac = |r: &Rendering| {
         let mut names: Vec<String> = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
             .iter()
             .flat_map(|k| r.all(k))
             .map(|d| {
                 let name = d["metadata"]["name"].as_str().unwrap_or_default();
-                format!("{}/{name}", d["kind"].as_str().unwrap_or_default())
+                let ns = d["metadata"]["namespace"].as_str().unwrap_or("(cluster)");
+                format!("{}/{ns}/{name}", d["kind"].as_str().unwrap_or_default())
             })
             .collect();
         names.sort();
@@ -444,10 +488,26 @@ fn per_tenant_identity_adds_only_token_requests() {
     assert_eq!(
         extra,
         [
-            "ClusterRole/regbridge-tenant-tokens",
-            "ClusterRoleBinding/regbridge-tenant-tokens"
+            "Role/team-a/regbridge-tenant-tokens",
+            "Role/team-b/regbridge-tenant-tokens",
+            "RoleBinding/team-a/regbridge-tenant-tokens",
+            "RoleBinding/team-b/regbridge-tenant-tokens",
         ]
     );
+    for binding in tenant
+        .all("RoleBinding")
+        .into_iter()
+        .filter(|b| b["metadata"]["name"] == "regbridge-tenant-tokens")
+    {
+        assert_eq!(
+            binding["roleRef"],
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "regbridge-tenant-tokens"})
+        );
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "regbridge", "namespace": NAMESPACE}])
+        );
+    }
 }
 
 #[test]
@@ -605,5 +665,90 @@ fn webhook_url_replaces_the_service() {
     assert_eq!(
         r.env()["REGBRIDGE_WEBHOOK_CERT_NAMES"]["value"],
         "172.18.0.1"
+    );
+    // The API server calls that address directly: the NetworkPolicy admits
+    // it to the webhook port, and anyone to the metrics port (none listed).
+    let ingress = &r.one("NetworkPolicy")["spec"]["ingress"];
+    assert_eq!(
+        ingress[0]["from"],
+        json!([{"ipBlock": {"cidr": "172.18.0.1/32"}}])
+    );
+    assert_eq!(ingress[1]["ports"][0]["port"], "http-metrics");
+    assert!(
+        ingress[1].get("from").is_none(),
+        "metrics open to any source"
+    );
+}
+
+/// Values that would grant nothing the controller needs, or block the API
+/// server, fail the install with a message naming the value to set.
+#[test]
+fn incomplete_values_are_refused_with_the_value_to_set() {
+    let Some(text) = rendered("refused.json") else {
+        return;
+    };
+    let refused: BTreeMap<String, Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        refused.keys().collect::<Vec<_>>(),
+        ["network-policy-without-sources", "per-tenant-unlisted"]
+    );
+    for (name, r) in &refused {
+        assert_eq!(r["refused"], true, "{name}: {r}");
+        let expected = r["expected"].as_str().unwrap();
+        assert!(
+            r["message"].as_str().unwrap().contains(expected),
+            "{name}: {r}"
+        );
+    }
+}
+
+#[test]
+fn network_policy_admits_only_the_listed_sources_to_the_webhook_port() {
+    let (Some(default), Some(r)) = (
+        Rendering::load("default.yaml"),
+        Rendering::load("custom.yaml"),
+    ) else {
+        return;
+    };
+    assert!(default.all("NetworkPolicy").is_empty(), "off by default");
+    let np = r.one("NetworkPolicy");
+    let d = r.one("Deployment");
+    assert_eq!(np["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        np["spec"]["policyTypes"],
+        json!(["Ingress"]),
+        "egress stays open"
+    );
+    let ingress = np["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 2);
+    let ports: Vec<&Value> = r.container()["ports"].as_array().unwrap().iter().collect();
+    let port_named = |name: &str| ports.iter().find(|p| p["name"] == name).copied();
+    // Named ports: the policy follows `webhook.port` and `metrics.port`.
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"port": "webhook", "protocol": "TCP"}])
+    );
+    assert_eq!(port_named("webhook").unwrap()["containerPort"], 8443);
+    assert_eq!(
+        ingress[0]["from"],
+        json!([
+            {"ipBlock": {"cidr": "10.0.0.0/28"}},
+            {"ipBlock": {"cidr": "10.0.1.5/32"}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+             "podSelector": {"matchLabels": {"app": "konnectivity-agent"}}}
+        ])
+    );
+    assert_eq!(
+        ingress[1]["ports"],
+        json!([{"port": "http-metrics", "protocol": "TCP"}])
+    );
+    assert_eq!(port_named("http-metrics").unwrap()["containerPort"], 9090);
+    assert_eq!(
+        ingress[1]["from"],
+        json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
     );
 }

@@ -14,8 +14,9 @@ writes into OUT_DIR:
   default.yaml      the plain-manifest install: Namespace, CRD, default rendering
                     (deploy/manifests/regbridge.yaml must equal it)
   custom.yaml       rendered with non-default values (CUSTOM_VALUES below)
-  per-tenant.yaml   rendered with perTenantIdentity.enabled
+  per-tenant.yaml   rendered with perTenantIdentity.enabled and its ServiceAccounts
   webhook-url.yaml  rendered with webhook.url (no Service in front of it)
+  refused.json      values the chart must refuse (REFUSED_VALUES), and why
   timings.json      seconds per step
 tests/chart.rs checks these files.
 """
@@ -49,7 +50,10 @@ CUSTOM_VALUES = {
             "iam.gke.io/gcp-service-account": "regbridge@my-project.iam.gserviceaccount.com",
         },
     },
-    "perTenantIdentity": {"enabled": True},
+    "perTenantIdentity": {"enabled": True, "serviceAccounts": [
+        {"namespace": "team-a", "name": "registry-puller"},
+        {"namespace": "team-b", "name": "registry-puller"},
+    ]},
     "extraCA": {"configMap": "corp-ca", "key": "bundle.pem"},
     "metrics": {
         "port": 9090,
@@ -58,6 +62,15 @@ CUSTOM_VALUES = {
                            "labels": {"release": "kube-prometheus-stack"}},
     },
     "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
+    "networkPolicy": {
+        "enabled": True,
+        "webhook": {
+            "apiServerCIDRs": ["10.0.0.0/28", "10.0.1.5/32"],
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                      "podSelector": {"matchLabels": {"app": "konnectivity-agent"}}}],
+        },
+        "metrics": {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
+    },
     "webhook": {"enabled": True, "port": 8443, "certManager": {"enabled": True}},
     "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}],
     "podAnnotations": {"example.com/scrape": "false"},
@@ -88,9 +101,22 @@ CUSTOM_VALUES = {
         },
     ],
 }
-PER_TENANT_VALUES = {"perTenantIdentity": {"enabled": True}}
-# The webhook reached by URL, as the e2e suite runs it.
-WEBHOOK_URL_VALUES = {"webhook": {"url": "https://172.18.0.1:9443/"}}
+# The ServiceAccount tests/rbac.rs's scenario requests a token for, a second
+# one in the same namespace, and one whose name YAML 1.1 reads as a boolean.
+PER_TENANT_VALUES = {"perTenantIdentity": {"enabled": True, "serviceAccounts": [
+    {"namespace": "team-a", "name": "puller"},
+    {"namespace": "team-a", "name": "builder"},
+    {"namespace": "team-b", "name": "on"},
+]}}
+# The webhook reached by URL, as the e2e suite runs it, with a NetworkPolicy
+# that admits only that caller to the webhook port.
+WEBHOOK_URL_VALUES = {"webhook": {"url": "https://172.18.0.1:9443/"},
+                      "networkPolicy": {"enabled": True, "webhook": {"apiServerCIDRs": ["172.18.0.1/32"]}}}
+# Values the chart must refuse, each with a word its message must contain.
+REFUSED_VALUES = {
+    "per-tenant-unlisted": ({"perTenantIdentity": {"enabled": True}}, "perTenantIdentity.serviceAccounts"),
+    "network-policy-without-sources": ({"networkPolicy": {"enabled": True}}, "networkPolicy.webhook.apiServerCIDRs"),
+}
 
 # What the throwaway API server serves: group/version -> [(plural, kind, namespaced)].
 SERVED = {
@@ -99,6 +125,7 @@ SERVED = {
            ("configmaps", "ConfigMap", True)],
     "apps/v1": [("deployments", "Deployment", True)],
     "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+    "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True)],
     "rbac.authorization.k8s.io/v1": [
         ("clusterroles", "ClusterRole", False), ("clusterrolebindings", "ClusterRoleBinding", False),
         ("roles", "Role", True), ("rolebindings", "RoleBinding", True)],
@@ -255,6 +282,15 @@ async def main(out: Path):
             manifest = plain_install(manifest)
         (out / f"{name}.yaml").write_text(manifest if manifest.endswith("\n") else manifest + "\n")
         (out / f"{name}.values.json").write_text(json.dumps(values or {}, indent=2) + "\n")
+    refused = {}
+    for name, (values, expected) in REFUSED_VALUES.items():
+        config = helm_sdkpy.Configuration(namespace=NAMESPACE, kubeconfig=str(kcfg))
+        try:
+            await helm_sdkpy.Install(config).run(RELEASE, str(CHART), values=values, wait=False, timeout=60)
+            refused[name] = {"refused": False, "expected": expected}
+        except Exception as e:  # noqa: BLE001 - helm-sdkpy raises its own error types
+            refused[name] = {"refused": True, "expected": expected, "message": str(e)}
+    (out / "refused.json").write_text(json.dumps(refused, indent=2) + "\n")
     server.shutdown()
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     (out / "requests.log").write_text("".join(f"{m} {p}\n" for m, p in ThrowawayApi.log))

@@ -4,9 +4,11 @@
 //! ServiceAccount patch, a source rotation, repeated Events, per-tenant token
 //! requests, and cleanup through the finalizer. Every request it made is then
 //! mapped to the RBAC check the API server would do (verb, API group,
-//! resource[/subresource], namespace) and checked against the rules in
+//! resource[/subresource], namespace, name) and checked against the rules in
 //! `deploy/manifests/regbridge.yaml`; and every verb those rules grant must
-//! have been used by some request.
+//! have been used by some request. Token requests are checked against the
+//! rendering with `perTenantIdentity`, which must grant them for the listed
+//! ServiceAccounts only.
 
 mod support;
 
@@ -586,6 +588,52 @@ async fn run_scenario() -> Vec<RequestRecord> {
     server.requests()
 }
 
+/// With `perTenantIdentity.enabled`, the rendering lists `team-a/puller`
+/// (the scenario's), `team-a/builder` and `team-b/on` (`tests/chart_render.py`).
+/// A token for any other ServiceAccount, kube-system's above all, is refused,
+/// and no rule grants tokens cluster-wide.
+fn tokens_only_for_the_listed_service_accounts(grants: &[Grant]) {
+    let token = |namespace: &str, name: &str| Attributes {
+        verb: "create".into(),
+        group: "".into(),
+        resource: "serviceaccounts/token".into(),
+        namespace: Some(namespace.into()),
+        name: Some(name.into()),
+    };
+    let allowed = |a: &Attributes| grants.iter().any(|g| g.allows(a));
+    for (ns, name) in [
+        ("team-a", "puller"),
+        ("team-a", "builder"),
+        ("team-b", "on"),
+    ] {
+        assert!(allowed(&token(ns, name)), "{ns}/{name} is listed");
+    }
+    for (ns, name) in [
+        ("kube-system", "default"),
+        ("kube-system", "clusterrole-aggregation-controller"),
+        (CONTROLLER_NS, "regbridge"),
+        ("team-a", "default"),
+        ("team-b", "puller"),
+        ("team-c", "puller"),
+    ] {
+        assert!(
+            !allowed(&token(ns, name)),
+            "a token for the unlisted {ns}/{name} is granted"
+        );
+    }
+    for g in grants.iter().filter(|g| {
+        g.resources
+            .iter()
+            .any(|r| r == "serviceaccounts/token" || r == "*")
+    }) {
+        assert!(
+            g.namespace.is_some() && !g.resource_names.is_empty(),
+            "{}: tokens beyond named ServiceAccounts in one namespace",
+            g.source
+        );
+    }
+}
+
 /// Verbs granted but legitimately unused by the scenario, each with the reason.
 /// Keep this empty unless a code path cannot run against the stand-in.
 const NOT_EXERCISED: &[(&str, &str, &str, &str)] = &[];
@@ -634,6 +682,9 @@ async fn every_request_is_allowed_by_the_shipped_rbac_and_every_grant_is_used() 
         denied.into_iter().collect::<Vec<_>>().join("\n")
     );
     assert!(tenant_requests > 0, "the per-tenant path requested a token");
+    if let Some(g) = &tenant_grants {
+        tokens_only_for_the_listed_service_accounts(g);
+    }
     // Non-resource URLs fall under system:discovery, bound to every authenticated user.
     for p in &non_resource {
         let p = p.trim_end_matches('/');

@@ -1,5 +1,8 @@
-//! The admission webhook's certificate against the API stand-in, and one
-//! HTTPS round trip against the running server.
+//! The admission webhook's certificate against the API stand-in, HTTPS
+//! round trips against the running server, and its limits under slow
+//! clients.
+
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -375,4 +378,398 @@ async fn a_changed_resource_is_compiled_again() {
         &[],
     )));
     assert!(patched(hook.review(&review).await));
+}
+
+/// `regbridge run` as its own process, so that its RSS is its own, serving
+/// the webhook on a loopback port with the certificate in `tls_dir`.
+struct Server {
+    child: std::process::Child,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(kubeconfig: &std::path::Path, tls_dir: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_regbridge"))
+            .args(["run", "--namespace", support::CONTROLLER_NS])
+            .args(["--leader-election=false", "--log-format", "json"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--webhook-addr", "127.0.0.1:0"])
+            .arg("--webhook-tls-dir")
+            .arg(tls_dir)
+            .env_clear()
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("regbridge starts");
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Self { child, log }
+    }
+
+    /// The webhook's address, from its "serving the admission webhook" line.
+    async fn webhook_addr(&self) -> std::net::SocketAddr {
+        let started = std::time::Instant::now();
+        loop {
+            let log = self.log.lock().unwrap().clone();
+            let found = log.iter().find_map(|l| {
+                let line: Value = serde_json::from_str(l).ok()?;
+                let fields = &line["fields"];
+                (fields["message"] == "serving the admission webhook")
+                    .then(|| fields["addr"].as_str()?.parse().ok())?
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "the webhook did not listen within 20 s; its log:\n{}",
+                log.join("\n")
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Samples the RSS every 20 ms until `stop` is set; returns the peak.
+    fn sample_rss(&self, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+        let pid = self.child.id();
+        tokio::spawn(async move {
+            let mut peak = rss(pid);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                peak = peak.max(rss(pid));
+            }
+            peak
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process's resident memory in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// `count` pod reviews at 100/s through one keep-alive client, as the
+/// latency benchmark sends them, each answered with a patch; returns the p99.
+async fn p99_at_100_per_second(
+    client: &reqwest::Client,
+    url: &str,
+    count: usize,
+) -> std::time::Duration {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    let mut times = Vec::new();
+    for i in 0..count {
+        tick.tick().await;
+        let review = create_review(
+            &format!("u-{i}"),
+            "Pod",
+            "pods",
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": format!("p-{i}"), "namespace": "team-a"},
+                   "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+        );
+        let started = std::time::Instant::now();
+        let response: Value = client
+            .post(url)
+            .json(&review)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .expect("a review is answered")
+            .json()
+            .await
+            .unwrap();
+        times.push(started.elapsed());
+        assert!(response["response"]["patch"].is_array(), "{response}");
+    }
+    times.sort();
+    times[times.len() * 99 / 100]
+}
+
+/// What a slow client does once its TLS handshake is done.
+#[derive(Clone, Copy)]
+enum Slow {
+    /// Sends nothing.
+    Silent,
+    /// Sends part of a request's headers.
+    PartialHead,
+    /// Sends headers and all of a body of this length but its last byte.
+    AlmostAllOfABody(usize),
+}
+
+/// Opens a TLS connection, behaves as `how`, says so on `opened`, then
+/// waits (at most `hold`) for the server to close it; returns what the
+/// server sent before closing, or `None` if it kept the connection open.
+async fn slow_client(
+    addr: std::net::SocketAddr,
+    tls: tokio_rustls::TlsConnector,
+    how: Slow,
+    opened: tokio::sync::mpsc::Sender<()>,
+    hold: std::time::Duration,
+) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tls.connect(name, tcp).await.expect("TLS handshake");
+    let (mut read, mut write) = tokio::io::split(stream);
+    let head = "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n";
+    let (sent, was_sent) = tokio::sync::oneshot::channel();
+    let writing = tokio::spawn(async move {
+        match how {
+            Slow::Silent => {}
+            Slow::PartialHead => {
+                let _ = write.write_all(&head.as_bytes()[..60]).await;
+            }
+            Slow::AlmostAllOfABody(len) => {
+                let head = format!("{head}Content-Length: {len}\r\n\r\n");
+                let _ = write.write_all(head.as_bytes()).await;
+                // Spaces are valid JSON padding; the last byte never comes.
+                let _ = write.write_all(&vec![b' '; len - 1]).await;
+            }
+        }
+        let _ = write.flush().await;
+        let _ = sent.send(());
+        // Keep the write half (and so the connection) open.
+        std::future::pending::<()>().await;
+    });
+    let mut got = Vec::new();
+    let outcome = tokio::time::timeout(hold, async {
+        // A body the server does not read cannot be sent in full: count
+        // the client as open once the server has had a second of it.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), was_sent).await;
+        let _ = opened.send(()).await;
+        let mut buf = [0u8; 4096];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    writing.abort();
+    outcome.ok().map(|_| got)
+}
+
+/// Opens `count` slow clients at once, of `kinds` in turn, and returns
+/// their tasks once each has sent what it sends.
+async fn open_slow_clients(
+    addr: std::net::SocketAddr,
+    tls: &tokio_rustls::TlsConnector,
+    kinds: &[Slow],
+    count: usize,
+    hold: std::time::Duration,
+) -> Vec<tokio::task::JoinHandle<Option<Vec<u8>>>> {
+    let (opened, mut done) = tokio::sync::mpsc::channel(count);
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let how = kinds[i % kinds.len()];
+            tokio::spawn(slow_client(addr, tls.clone(), how, opened.clone(), hold))
+        })
+        .collect();
+    for _ in 0..count {
+        tokio::time::timeout(std::time::Duration::from_secs(20), done.recv())
+            .await
+            .expect("every slow client connects within 20 s");
+    }
+    tasks
+}
+
+/// About 150 slow connections used to get the controller OOM-killed: no
+/// header or idle timeout, no connection cap, and every body buffered up to
+/// 2 MiB. Against the real `regbridge run`: 300 clients that finish TLS and
+/// then send nothing or part of a header cost it little memory, real reviews
+/// meanwhile answer as fast as without them, and the server closes them
+/// after the header timeout. Then 100 clients that send all of a 1.9 MB body
+/// but its last byte cost only the review slots' worth, and get 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_connections_neither_exhaust_memory_nor_delay_a_real_review() {
+    use std::time::{Duration, Instant};
+    let standin = StandIn::start().await;
+    standin
+        .create(&Resource::CRDS, None, support::installed_crd())
+        .expect("CRD");
+    support::namespace(&standin, support::CONTROLLER_NS, json!({}));
+    support::seed_dockerhub(&standin);
+    support::namespace_with_default_sa(&standin, "team-a", json!({}));
+    let mut spec = support::dockerhub_spec();
+    spec["serviceAccounts"] = json!(["default"]);
+    standin
+        .create(
+            &Resource::CLUSTER_PULL_SECRETS,
+            None,
+            support::cluster_pull_secret("regcred", spec),
+        )
+        .unwrap();
+
+    let dir = std::env::temp_dir().join(format!("regbridge-webhook-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundle = webhook_tls::generate(
+        &["localhost".to_owned()],
+        Utc::now(),
+        chrono::Duration::days(2),
+    )
+    .unwrap();
+    std::fs::write(dir.join("tls.crt"), &bundle.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &bundle.key_pem).unwrap();
+    let kubeconfig = support::write_kubeconfig(&dir, &standin.url());
+    let server = Server::start(&kubeconfig, &dir);
+    let addr = server.webhook_addr().await;
+    let url = format!("https://localhost:{}{}", addr.port(), webhook::PATH);
+    let ca = reqwest::Certificate::from_pem(bundle.ca_pem.as_bytes()).unwrap();
+    let client = || {
+        reqwest::Client::builder()
+            .add_root_certificate(ca.clone())
+            .resolve("localhost", addr)
+            .build()
+            .unwrap()
+    };
+    let tls = {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(bundle.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    };
+
+    // Baseline: once the webhook's caches have synced (a review comes back
+    // patched), the benchmark's traffic for a moment.
+    let quiet = client();
+    let synced = Instant::now();
+    loop {
+        let review = service_account_review("warm-up", "team-a");
+        if let Ok(r) = quiet.post(&url).json(&review).send().await
+            && r.json::<Value>()
+                .await
+                .is_ok_and(|v| v["response"]["patch"].is_array())
+        {
+            break;
+        }
+        assert!(
+            synced.elapsed() < Duration::from_secs(20),
+            "no patched review"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let p99_quiet = p99_at_100_per_second(&quiet, &url, 150).await;
+    let rss_quiet = rss(server.child.id());
+
+    // 300 slow clients, held open longer than the server should allow.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = server.sample_rss(stop.clone());
+    let hold = webhook::HEADER_READ_TIMEOUT + Duration::from_secs(5);
+    let opened_at = Instant::now();
+    let kinds = [Slow::Silent, Slow::PartialHead];
+    let stalled = open_slow_clients(addr, &tls, &kinds, 300, hold).await;
+    let opening = opened_at.elapsed();
+    let busy = client();
+    let p99_busy = p99_at_100_per_second(&busy, &url, 150).await;
+    let still_open = stalled.iter().filter(|t| !t.is_finished()).count();
+    let measured_after = opened_at.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rss_busy = peak.await.unwrap();
+    let mut closed_by_server = 0;
+    for t in stalled {
+        closed_by_server += t.await.unwrap().is_some() as usize;
+    }
+    let closed_after = opened_at.elapsed();
+    let growth = rss_busy.saturating_sub(rss_quiet) as f64 / MIB;
+    println!(
+        "300 stalled connections (opened in {opening:?}): RSS {:.1} -> {:.1} MiB (+{growth:.1}); \
+         p99 {p99_quiet:?} -> {p99_busy:?}; {still_open} still open after {measured_after:?}; \
+         {closed_by_server} closed by the server within {closed_after:?}",
+        rss_quiet as f64 / MIB,
+        rss_busy as f64 / MIB,
+    );
+    assert_eq!(
+        still_open, 300,
+        "all slow clients were open while reviews ran"
+    );
+    assert_eq!(
+        closed_by_server, 300,
+        "the server closes clients that stall"
+    );
+    // A connection outside a review costs under 64 KiB: rustls's buffers
+    // and hyper's 16 KiB read buffer (see webhook::MAX_CONNECTIONS).
+    let bound = 300.0 * 64.0 / 1024.0;
+    assert!(
+        growth <= bound,
+        "RSS grew {growth:.1} MiB, bound {bound:.1}"
+    );
+    assert!(
+        p99_busy <= p99_quiet * 3 + Duration::from_millis(5),
+        "p99 {p99_busy:?} with the slow clients, {p99_quiet:?} without"
+    );
+
+    // 100 clients that send nearly all of a 1.9 MB body: each body used to
+    // be buffered; now only the review slots' are.
+    let rss_quiet = rss(server.child.id());
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = server.sample_rss(stop.clone());
+    let body = 1_900_000;
+    let hold = webhook::REVIEW_TIMEOUT + Duration::from_secs(5);
+    let kinds = [Slow::AlmostAllOfABody(body)];
+    let trickling = open_slow_clients(addr, &tls, &kinds, 100, hold).await;
+    let mut timed_out = 0;
+    for t in trickling {
+        let answer = t.await.unwrap().unwrap_or_default();
+        timed_out += answer.starts_with(b"HTTP/1.1 408") as usize;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rss_busy = peak.await.unwrap();
+    let growth = rss_busy.saturating_sub(rss_quiet) as f64 / MIB;
+    println!(
+        "100 unfinished 1.9 MB bodies: RSS {:.1} -> {:.1} MiB (+{growth:.1}); {timed_out} answered 408",
+        rss_quiet as f64 / MIB,
+        rss_busy as f64 / MIB,
+    );
+    assert_eq!(timed_out, 100, "each unfinished body is answered 408");
+    // Each review slot holds at most a body, a copy of it and the parsed
+    // object (webhook::MAX_REVIEWS_IN_FLIGHT); other connections their buffers.
+    let bound = (webhook::MAX_REVIEWS_IN_FLIGHT * 3 * body) as f64 / MIB + 100.0 * 64.0 / 1024.0;
+    assert!(
+        growth <= bound,
+        "RSS grew {growth:.1} MiB, bound {bound:.1}"
+    );
+    // And the webhook still answers.
+    p99_at_100_per_second(&client(), &url, 10).await;
+    std::fs::remove_dir_all(&dir).ok();
 }
