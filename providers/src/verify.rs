@@ -38,10 +38,11 @@
 //! everything else is HTTPS. Credentials are never sent to a plain-HTTP token
 //! realm on behalf of an HTTPS registry.
 //!
-//! **No secrets in results.** Registry messages are cut to a short length,
-//! and the password, the `auth` value and any token are replaced by
-//! `<redacted>` wherever they appear, so a result can go to status, Events
-//! and logs as it is.
+//! **No secrets in results.** The password, the `auth` value and any token
+//! are replaced by `<redacted>` wherever they appear, and only then are
+//! registry messages cut to a short length (a cut first could leave a
+//! secret's head behind), so a result can go to status, Events and logs as
+//! it is.
 
 use std::fmt;
 use std::sync::Arc;
@@ -113,11 +114,16 @@ impl Verification {
         matches!(self, Self::Rejected { .. })
     }
 
+    /// Replaces every secret with `<redacted>`, then cuts the registry's
+    /// words to one short line. In that order: a cut first could split a
+    /// secret and leave its head behind, where no whole secret matches.
     fn scrub(self, secrets: &[String]) -> Self {
         match self {
             Self::Rejected { code, message } => Self::Rejected {
-                code: code.map(|c| scrub(&c, secrets)),
-                message: scrub(&message, secrets),
+                code: code
+                    .map(|c| short(&scrub(&c, secrets)))
+                    .filter(|c| !c.is_empty()),
+                message: short(&scrub(&message, secrets)),
             },
             Self::Unreachable { reason } => Self::Unreachable {
                 reason: scrub(&reason, secrets),
@@ -586,10 +592,8 @@ fn rejected(status: StatusCode, body: &[u8]) -> Verification {
     let message = message
         .filter(|m| !m.trim().is_empty())
         .unwrap_or_else(|| format!("the registry answered {status}"));
-    Verification::Rejected {
-        code: code.map(|c| short(&c)).filter(|c| !c.is_empty()),
-        message: short(&message),
-    }
+    // Cut to length only after the secrets are scrubbed (`scrub`).
+    Verification::Rejected { code, message }
 }
 
 /// Printable, on one line, at most `MAX_MESSAGE` characters.
@@ -804,7 +808,7 @@ mod tests {
             r#"{{"errors":[{{"code":"DENIED","message":"{}\nsecond line"}}]}}"#,
             "x".repeat(500)
         );
-        let v = rejected(StatusCode::FORBIDDEN, long.as_bytes());
+        let v = rejected(StatusCode::FORBIDDEN, long.as_bytes()).scrub(&[]);
         let msg = v.message();
         assert!(!msg.contains('\n'));
         assert!(msg.len() < MAX_MESSAGE + 20, "{}", msg.len());
@@ -836,6 +840,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_password_across_the_cut_leaves_no_part_behind() {
+        let password = "hunter2-Very-Secret-Password";
+        // The password starts 10 characters before the cut.
+        let body = format!(
+            r#"{{"errors":[{{"code":"DENIED","message":"{}{password} is wrong"}}]}}"#,
+            "x".repeat(MAX_MESSAGE - 10)
+        );
+        let v = rejected(StatusCode::UNAUTHORIZED, body.as_bytes()).scrub(&[password.to_owned()]);
+        let shown = v.message();
+        assert!(!shown.contains(&password[..10]), "{shown}");
+        assert!(shown.len() < MAX_MESSAGE + 20, "{}", shown.len());
     }
 
     #[test]
