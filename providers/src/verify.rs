@@ -45,6 +45,7 @@
 //! it is.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,13 +189,7 @@ impl Verifier {
     }
 
     fn build(timeout: Duration, trust: Trust) -> Result<Self, VerifyError> {
-        let client = trust
-            .client_builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("regbridge/", env!("CARGO_PKG_VERSION")))
-            // reqwest drops Authorization on a redirect to another host.
-            .redirect(reqwest::redirect::Policy::limited(5))
+        let client = client_builder(timeout, &trust)
             .build()
             .map_err(|e| VerifyError::Ca(category(&e)))?;
         Ok(Self {
@@ -202,6 +197,11 @@ impl Verifier {
             timeout,
             trust,
         })
+    }
+
+    /// A client configured as this verifier's, for a one-off variant.
+    fn builder(&self) -> reqwest::ClientBuilder {
+        client_builder(self.timeout, &self.trust)
     }
 
     /// One handshake for this credential's host.
@@ -216,7 +216,7 @@ impl Verifier {
             Err(reason) => return Verification::Unreachable { reason }.scrub(&secrets),
         };
         let handshake = Handshake {
-            client: &self.client,
+            verifier: self,
             target: &target,
             username: &cred.username,
             password,
@@ -264,6 +264,142 @@ impl Verifier {
                 })
             })
             .collect()
+    }
+}
+
+fn client_builder(timeout: Duration, trust: &Trust) -> reqwest::ClientBuilder {
+    trust
+        .client_builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("regbridge/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirect_policy())
+}
+
+/// Redirects a handshake follows.
+const MAX_REDIRECTS: usize = 5;
+
+/// Follows up to [`MAX_REDIRECTS`] redirects, never from HTTPS to plain
+/// HTTP. reqwest drops `Authorization` on a redirect to another host or
+/// port, but keeps it when only the scheme changes, so `https://reg/v2/`
+/// answering `Location: http://reg:443/v2/` would send the credential in
+/// clear. A redirect policy cannot edit headers, so such a redirect is not
+/// followed at all: the handshake ends `Unreachable`, and the credential
+/// never leaves over plain HTTP.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() != "https"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if downgrade {
+            attempt.error(RedirectRefused::Downgrade)
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(RedirectRefused::TooMany)
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RedirectRefused {
+    #[error(
+        "redirected from HTTPS to plain HTTP; not followed, so no credential goes out in clear"
+    )]
+    Downgrade,
+    #[error("more than {} redirects", MAX_REDIRECTS)]
+    TooMany,
+}
+
+/// Where a token realm must not be, unless the registry is there too: the
+/// node's own services and the cloud metadata service, which answers with
+/// the node's cloud credentials. A registry's `WWW-Authenticate` names the
+/// realm, and the realm receives the password (as with `docker login`);
+/// this keeps a registry answer from aiming it at those.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sensitive {
+    /// `127.0.0.0/8`, `::1`, and the unspecified `0.0.0.0` / `::`, which
+    /// Linux connects to the local host.
+    Loopback,
+    /// `169.254.0.0/16` and `fe80::/10`, less the metadata addresses.
+    LinkLocal,
+    /// `169.254.169.254` (AWS, GCP, Azure and others) and `fd00:ec2::254`
+    /// (AWS over IPv6).
+    Metadata,
+}
+
+impl fmt::Display for Sensitive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Loopback => "loopback",
+            Self::LinkLocal => "link-local",
+            Self::Metadata => "cloud metadata",
+        })
+    }
+}
+
+fn sensitive(ip: IpAddr) -> Option<Sensitive> {
+    const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+    match ip.to_canonical() {
+        IpAddr::V4(v4) if v4 == Ipv4Addr::new(169, 254, 169, 254) => Some(Sensitive::Metadata),
+        IpAddr::V4(v4) if v4.is_loopback() || v4.is_unspecified() => Some(Sensitive::Loopback),
+        IpAddr::V4(v4) if v4.is_link_local() => Some(Sensitive::LinkLocal),
+        IpAddr::V6(v6) if v6 == METADATA_V6 => Some(Sensitive::Metadata),
+        IpAddr::V6(v6) if v6.is_loopback() || v6.is_unspecified() => Some(Sensitive::Loopback),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some(Sensitive::LinkLocal),
+        _ => None,
+    }
+}
+
+/// Why the realm's addresses are refused, or `None`: any address in a
+/// [`Sensitive`] class that none of the registry's own addresses is in. A
+/// registry on loopback (a test, a node-local mirror) may keep its realm
+/// there too.
+fn realm_refusal(realm: &[SocketAddr], registry: &[SocketAddr]) -> Option<String> {
+    let registry: Vec<Sensitive> = registry.iter().filter_map(|a| sensitive(a.ip())).collect();
+    realm
+        .iter()
+        .find_map(|a| {
+            sensitive(a.ip())
+                .filter(|class| !registry.contains(class))
+                .map(|class| (a.ip(), class))
+        })
+        .map(|(ip, class)| format!("resolves to {ip}, a {class} address, and the registry is not"))
+}
+
+/// The addresses the HTTP client would connect to for `url`: an IP literal
+/// as it is; a name through the system resolver (`getaddrinfo`), which is
+/// what reqwest's default resolver calls too.
+async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, String> {
+    let port = url.port_or_known_default().unwrap_or(443);
+    match host_of(url) {
+        Host::Ip(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+        Host::Name(name) => tokio::net::lookup_host((name, port))
+            .await
+            .map(Iterator::collect)
+            .map_err(|e| format!("cannot resolve {name}: {e}")),
+        Host::None => Err("the URL names no host".into()),
+    }
+}
+
+enum Host<'a> {
+    Ip(IpAddr),
+    Name(&'a str),
+    None,
+}
+
+/// A URL's host as an address or a name (`url::Host`, which reqwest does
+/// not re-export).
+fn host_of(url: &Url) -> Host<'_> {
+    match url.host_str() {
+        None => Host::None,
+        Some(host) => match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) => Host::Ip(ip),
+            Err(_) => Host::Name(host),
+        },
     }
 }
 
@@ -320,7 +456,7 @@ impl Target {
 /// One run of the handshake. `token` keeps the bearer token, so the caller
 /// can scrub it from the result.
 struct Handshake<'a> {
-    client: &'a reqwest::Client,
+    verifier: &'a Verifier,
     target: &'a Target,
     username: &'a str,
     password: &'a str,
@@ -340,7 +476,9 @@ impl Handshake<'_> {
 
     async fn steps(&mut self) -> Step<Verification> {
         let base = self.target.base.clone();
-        let anonymous = self.send(self.client.get(base.clone()), "/v2/").await?;
+        let verifier = self.verifier;
+        let client = &verifier.client;
+        let anonymous = self.send(client.get(base.clone()), "/v2/").await?;
         let status = anonymous.status();
         if status.is_success() {
             return Ok(Verification::Anonymous);
@@ -352,7 +490,7 @@ impl Handshake<'_> {
             Challenge::pick(anonymous.headers()).map_err(|reason| Verification::Unreachable {
                 reason: format!("{base}: {reason}"),
             })?;
-        let request = self.client.get(base.clone());
+        let request = client.get(base.clone());
         let authed = match challenge {
             Challenge::Basic => request.basic_auth(self.username, Some(self.password)),
             Challenge::Bearer {
@@ -415,8 +553,8 @@ impl Handshake<'_> {
             query.append_pair("account", self.username);
         }
         let shown = without_query(&url);
-        let request = self
-            .client
+        let realm_client = self.realm_client(&url).await?;
+        let request = realm_client
             .get(url)
             .basic_auth(self.username, Some(self.password));
         let answer = self.send(request, "token realm").await?;
@@ -444,6 +582,35 @@ impl Handshake<'_> {
             .ok_or_else(|| Verification::Unreachable {
                 reason: format!("{shown}: the token response carries no token"),
             })
+    }
+
+    /// The client for the token request, after the realm's addresses
+    /// passed [`realm_refusal`]. A realm named by a host name is pinned to
+    /// the addresses that were checked, so a second DNS answer (rebinding)
+    /// cannot move the request elsewhere.
+    async fn realm_client(&self, realm: &Url) -> Step<reqwest::Client> {
+        let base = &self.target.base;
+        let unreachable = |reason: String| Verification::Unreachable {
+            reason: format!("{base}: {reason}"),
+        };
+        let realm_addrs = resolve(realm).await.map_err(unreachable)?;
+        // The registry already answered, so its name resolves.
+        let registry_addrs = resolve(base).await.unwrap_or_default();
+        if let Some(reason) = realm_refusal(&realm_addrs, &registry_addrs) {
+            return Err(unreachable(format!(
+                "the token realm {} {reason}; the credential is not sent there",
+                realm.host_str().unwrap_or_default()
+            )));
+        }
+        match host_of(realm) {
+            Host::Name(name) => self
+                .verifier
+                .builder()
+                .resolve_to_addrs(name, &realm_addrs)
+                .build()
+                .map_err(|e| unreachable(format!("token realm client: {}", category(&e)))),
+            Host::Ip(_) | Host::None => Ok(self.verifier.client.clone()),
+        }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, what: &str) -> Step<reqwest::Response> {
@@ -854,6 +1021,67 @@ mod tests {
         let shown = v.message();
         assert!(!shown.contains(&password[..10]), "{shown}");
         assert!(shown.len() < MAX_MESSAGE + 20, "{}", shown.len());
+    }
+
+    fn addrs(ips: &[&str]) -> Vec<SocketAddr> {
+        ips.iter()
+            .map(|ip| SocketAddr::new(ip.parse().unwrap(), 443))
+            .collect()
+    }
+
+    #[test]
+    fn node_local_and_metadata_addresses_are_classed() {
+        use Sensitive::*;
+        for (ip, class) in [
+            ("127.0.0.1", Some(Loopback)),
+            ("127.8.9.10", Some(Loopback)),
+            ("::1", Some(Loopback)),
+            ("0.0.0.0", Some(Loopback)),
+            ("::", Some(Loopback)),
+            ("169.254.169.254", Some(Metadata)),
+            ("::ffff:169.254.169.254", Some(Metadata)),
+            ("fd00:ec2::254", Some(Metadata)),
+            ("169.254.170.2", Some(LinkLocal)),
+            ("fe80::1", Some(LinkLocal)),
+            ("febf::1", Some(LinkLocal)),
+            ("10.0.0.1", None),
+            ("192.0.2.7", None),
+            ("fd00:ec2::253", None),
+            ("2001:db8::1", None),
+        ] {
+            assert_eq!(sensitive(ip.parse().unwrap()), class, "{ip}");
+        }
+    }
+
+    #[test]
+    fn a_realm_may_share_the_registry_class_and_no_other() {
+        let public = addrs(&["192.0.2.7"]);
+        let loopback = addrs(&["127.0.0.1"]);
+        assert_eq!(realm_refusal(&public, &loopback), None);
+        assert_eq!(realm_refusal(&addrs(&["127.0.0.2"]), &loopback), None);
+        let refused = realm_refusal(&addrs(&["169.254.169.254"]), &loopback).unwrap();
+        assert!(refused.contains("cloud metadata"), "{refused}");
+        assert!(realm_refusal(&addrs(&["::1"]), &public).is_some());
+        assert!(
+            realm_refusal(&addrs(&["169.254.169.254"]), &addrs(&["169.254.10.1"])).is_some(),
+            "link-local is not metadata"
+        );
+        assert!(
+            realm_refusal(&addrs(&["192.0.2.8", "169.254.169.254"]), &public).is_some(),
+            "one address of a name is enough"
+        );
+    }
+
+    #[tokio::test]
+    async fn localhost_resolves_to_loopback() {
+        let url = Url::parse("https://localhost:5000/token").unwrap();
+        let found = resolve(&url).await.unwrap();
+        assert!(!found.is_empty());
+        assert!(
+            found
+                .iter()
+                .all(|a| sensitive(a.ip()) == Some(Sensitive::Loopback))
+        );
     }
 
     #[test]
