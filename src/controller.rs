@@ -620,14 +620,22 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
             &cps,
             EventType::Warning,
             "DistributionFailed",
-            format!("{} writes failed, first: {first}", outcome.errors.len()),
+            format!(
+                "{} writes failed, first: {}",
+                outcome.errors.len(),
+                first.brief()
+            ),
         )
         .await;
     }
-    let distributed = if !outcome.errors.is_empty() {
+    let distributed = if let Some(first) = outcome.errors.first() {
         Verdict::fail(
             "WritesFailed",
-            format!("{} writes failed; retrying", outcome.errors.len()),
+            format!(
+                "{} writes failed, first: {}; retrying",
+                outcome.errors.len(),
+                first.brief()
+            ),
         )
     } else if !conflicts.is_empty() {
         Verdict::fail(

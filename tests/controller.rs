@@ -317,6 +317,59 @@ async fn watches_recover_from_410_gone() {
 }
 
 #[tokio::test]
+async fn forbidden_secret_create_is_a_failure_not_a_skipped_namespace() {
+    let h = Harness::start_with(|s| {
+        seed_dockerhub(s);
+        namespace_with_default_sa(s, "open", json!({}));
+        namespace_with_default_sa(s, "locked", json!({}));
+    })
+    .await;
+    // An admission policy or a missing RBAC rule, not a terminating
+    // namespace: a plain 403 without the NamespaceTerminating cause.
+    h.server.inject_fault(
+        Fault::new("/namespaces/locked/secrets", 403)
+            .method(Method::POST)
+            .times(1000),
+    );
+    h.create_resource("company", dockerhub_spec());
+    wait_for("open synced", T, || synced(&h, "open")).await;
+    wait_for("Distributed=False WritesFailed", T, || {
+        h.condition("company", "Distributed") == Some(("False".into(), "WritesFailed".into()))
+    })
+    .await;
+    let cps = h.cps("company").unwrap();
+    let conditions = cps["status"]["conditions"].as_array().unwrap();
+    let distributed = conditions
+        .iter()
+        .find(|c| c["type"] == "Distributed")
+        .unwrap();
+    let message = distributed["message"].as_str().unwrap();
+    assert!(
+        message.contains("Forbidden") && message.contains("locked/regcred"),
+        "{message}"
+    );
+    assert!(h.secret("locked", "regcred").is_none());
+    assert!(
+        h.pull_secrets("locked", "default").is_empty(),
+        "no reference to a Secret that is not there"
+    );
+    let events = h.server.list(&Resource::EVENTS_V1, Some("default"));
+    let warning = events
+        .iter()
+        .find(|e| e["reason"] == "DistributionFailed")
+        .expect("a DistributionFailed Event");
+    assert_eq!(warning["type"], "Warning");
+    assert!(
+        warning["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Forbidden"),
+        "{warning}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn terminating_namespace_is_skipped() {
     let h = Harness::start_with(|s| {
         seed_dockerhub(s);
