@@ -796,6 +796,7 @@ pub async fn reconcile(cps: Arc<ClusterPullSecret>, ctx: Arc<Context>) -> Result
     // restart would create again what exists (a 409 each).
     let _ = ctx.unsynced.clone().wait_for(BTreeSet::is_empty).await;
     let name = cps.name_any();
+    let deleting = cps.metadata.deletion_timestamp.is_some();
     let api: Api<ClusterPullSecret> = Api::all(ctx.client.clone());
     let result = finalizer(&api, FINALIZER, cps, |event| async {
         match event {
@@ -821,6 +822,11 @@ pub async fn reconcile(cps: Arc<ClusterPullSecret>, ctx: Arc<Context>) -> Result
             result: if result.is_ok() { "ok" } else { "error" },
         })
         .inc();
+    // Cleaned up: its series go too, this reconcile's count included, or a
+    // deleted resource's last expiry would stay on /metrics and alert.
+    if deleting && result.is_ok() {
+        ctx.metrics.forget_resource(&name);
+    }
     if result.is_ok() {
         ctx.failures.lock().expect("failures lock").remove(&name);
     }

@@ -506,6 +506,11 @@ async fn deleting_the_resource_removes_everything_it_added() {
         synced(&h, "a") && h.pull_secrets("a", "builder") == ["regcred"]
     })
     .await;
+    assert!(
+        h.metrics
+            .encode()
+            .contains("regbridge_reconciles_total{resource=\"company\"")
+    );
     wait_for("finalizer", T, || {
         h.cps("company")
             .map(|c| c["metadata"]["finalizers"] == json!(["regbridge.dev/cleanup"]))
@@ -516,6 +521,10 @@ async fn deleting_the_resource_removes_everything_it_added() {
         .delete(&Resource::CLUSTER_PULL_SECRETS, None, "company")
         .unwrap();
     wait_for("resource gone", T, || h.cps("company").is_none()).await;
+    wait_for("its metric series gone", T, || {
+        !h.metrics.encode().contains("resource=\"company\"")
+    })
+    .await;
     assert!(h.secret("a", "regcred").is_none());
     assert!(
         h.secret(CONTROLLER_NS, "company").is_none(),
