@@ -167,10 +167,11 @@ impl Context {
         }
     }
 
-    /// Mints every entry of the resource again at its next reconcile.
-    pub(crate) async fn refresh_now(&self, cps: &ClusterPullSecret) {
+    /// Mints the entry serving `host` again at the resource's next
+    /// reconcile.
+    pub(crate) async fn refresh_host(&self, cps: &ClusterPullSecret, host: &str) {
         let state = self.state_of(&cps.uid().unwrap_or_default());
-        state.lock().await.credentials.refresh_now();
+        state.lock().await.credentials.refresh_host(host);
     }
 }
 

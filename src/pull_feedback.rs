@@ -147,7 +147,7 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
             .expect("gate lock")
             .try_trigger(a.resource, &a.failure.host, Utc::now());
         if remint {
-            ctx.refresh_now(cps).await;
+            ctx.refresh_host(cps, &a.failure.host).await;
         }
         changed.push(ObjectRef::from_obj(&**cps));
     }
