@@ -45,6 +45,30 @@ pub enum WriteError {
 }
 
 impl WriteError {
+    /// One line for status and Events: what failed, and the API server's
+    /// reason and code (`Forbidden (403)`) without its full Status.
+    pub fn brief(&self) -> String {
+        let cause = |e: &kube::Error| match e {
+            kube::Error::Api(s) if !s.reason.is_empty() => format!("{} ({})", s.reason, s.code),
+            kube::Error::Api(s) => format!("HTTP {}", s.code),
+            other => other.to_string(),
+        };
+        match self {
+            Self::Secret {
+                verb,
+                namespace,
+                name,
+                source,
+            } => format!("{verb} Secret {namespace}/{name}: {}", cause(source)),
+            Self::ServiceAccount {
+                namespace,
+                name,
+                source,
+            } => format!("patch ServiceAccount {namespace}/{name}: {}", cause(source)),
+            Self::Contended { .. } => self.to_string(),
+        }
+    }
+
     pub fn namespace(&self) -> &str {
         match self {
             Self::Secret { namespace, .. }
@@ -89,6 +113,21 @@ fn status_code(e: &kube::Error) -> Option<u16> {
     }
 }
 
+/// A create or delete that found no namespace to write in: it is gone
+/// (404), or terminating (403 with the `NamespaceTerminating` cause). Any
+/// other 403 is a refusal (RBAC, an admission policy) and a failure: the
+/// Secret is missing there.
+fn namespace_unavailable(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => true,
+        kube::Error::Api(s) if s.code == 403 => s
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")),
+        _ => false,
+    }
+}
+
 impl Writer<'_> {
     pub async fn execute(&self, plan: Plan) -> Outcome {
         // Secrets first: a create that meets a foreign Secret (which the
@@ -98,18 +137,24 @@ impl Writer<'_> {
         // future holds its request state, and a fan-out to thousands of
         // namespaces must not hold thousands of them.
         let limit = self.concurrency.max(1);
+        // A failed create leaves no Secret to point at either.
         let mut results: Vec<Done> = self.run_secrets(plan.secrets, limit).await;
-        let foreign: HashSet<String> = results
+        let no_secret: HashSet<String> = results
             .iter()
             .filter_map(|r| match r {
                 Done::Foreign(ns) => Some(ns.clone()),
+                Done::Err(WriteError::Secret {
+                    verb: "create",
+                    namespace,
+                    ..
+                }) => Some(namespace.clone()),
                 _ => None,
             })
             .collect();
         let accounts: Vec<ServiceAccountWrite> = plan
             .service_accounts
             .into_iter()
-            .filter(|w| !(patch_adds(&w.patch) && foreign.contains(&w.namespace)))
+            .filter(|w| !(patch_adds(&w.patch) && no_secret.contains(&w.namespace)))
             .collect();
         let accounts = self.run_accounts(accounts, limit).await;
         results.extend(accounts);
@@ -201,7 +246,7 @@ impl Writer<'_> {
         match result {
             Ok(()) => Done::Ok,
             // The namespace is gone or terminating: nothing to do there.
-            Err(e) if matches!(status_code(&e), Some(403 | 404)) && verb != "update" => {
+            Err(e) if namespace_unavailable(&e) && verb != "update" => {
                 debug!(namespace, verb, "namespace unavailable, skipped");
                 Done::Ok
             }

@@ -197,10 +197,11 @@ impl Context {
         BuildContext::new(name).with_trust(self.config.trust.clone())
     }
 
-    /// Mints every entry of the resource again at its next reconcile.
-    pub(crate) async fn refresh_now(&self, cps: &ClusterPullSecret) {
+    /// Mints the entry serving `host` again at the resource's next
+    /// reconcile.
+    pub(crate) async fn refresh_host(&self, cps: &ClusterPullSecret, host: &str) {
         let state = self.state_of(&cps.uid().unwrap_or_default());
-        state.lock().await.credentials.refresh_now();
+        state.lock().await.credentials.refresh_host(host);
     }
 }
 
@@ -738,14 +739,22 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
             &cps,
             EventType::Warning,
             "DistributionFailed",
-            format!("{} writes failed, first: {first}", outcome.errors.len()),
+            format!(
+                "{} writes failed, first: {}",
+                outcome.errors.len(),
+                first.brief()
+            ),
         )
         .await;
     }
-    let distributed = if !outcome.errors.is_empty() {
+    let distributed = if let Some(first) = outcome.errors.first() {
         Verdict::fail(
             "WritesFailed",
-            format!("{} writes failed; retrying", outcome.errors.len()),
+            format!(
+                "{} writes failed, first: {}; retrying",
+                outcome.errors.len(),
+                first.brief()
+            ),
         )
     } else if !conflicts.is_empty() {
         Verdict::fail(
@@ -933,6 +942,7 @@ pub async fn reconcile(cps: Arc<ClusterPullSecret>, ctx: Arc<Context>) -> Result
     // restart would create again what exists (a 409 each).
     let _ = ctx.unsynced.clone().wait_for(BTreeSet::is_empty).await;
     let name = cps.name_any();
+    let deleting = cps.metadata.deletion_timestamp.is_some();
     let api: Api<ClusterPullSecret> = Api::all(ctx.client.clone());
     let result = contained(finalizer(&api, FINALIZER, cps, |event| async {
         match event {
@@ -963,6 +973,11 @@ pub async fn reconcile(cps: Arc<ClusterPullSecret>, ctx: Arc<Context>) -> Result
             },
         })
         .inc();
+    // Cleaned up: its series go too, this reconcile's count included, or a
+    // deleted resource's last expiry would stay on /metrics and alert.
+    if deleting && result.is_ok() {
+        ctx.metrics.forget_resource(&name);
+    }
     if result.is_ok() {
         ctx.failures.lock().expect("failures lock").remove(&name);
     }

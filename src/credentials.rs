@@ -12,7 +12,7 @@ use regbridge_providers::{
     BuildContext, Cluster, Provider, ProviderError, RegistryCredential, Verification, Verifier,
 };
 
-use crate::compose::EntryCredentials;
+use crate::compose::{EntryCredentials, normalize_host};
 use crate::refresh::{backoff, next_refresh, sane_expiry};
 
 /// A reconcile meant to drop an expired credential runs this long after the
@@ -520,11 +520,27 @@ impl Credentials {
             .collect()
     }
 
-    /// Makes every entry due at once: a pull just failed to authenticate
-    /// with what they minted.
-    pub fn refresh_now(&mut self) {
-        for e in &mut self.entries {
-            e.next_refresh = None;
+    /// Makes due at once the entry that serves `host`: a pull just failed
+    /// to authenticate with what it minted. Only that one: the others'
+    /// credentials were not in question, and each mint costs a cloud call.
+    /// The entry is the first that yields the host, as [`compose`] keeps the
+    /// first; hosts compare as kubelet reads keys. Returns whether one was
+    /// found.
+    ///
+    /// [`compose`]: crate::compose::compose
+    pub fn refresh_host(&mut self, host: &str) -> bool {
+        let wanted = normalize_host(host);
+        let serving = self.entries.iter_mut().find(|e| {
+            e.last_good
+                .iter()
+                .any(|c| normalize_host(&c.host) == wanted)
+        });
+        match serving {
+            Some(e) => {
+                e.next_refresh = None;
+                true
+            }
+            None => false,
         }
     }
 
@@ -981,6 +997,45 @@ mod tests {
             c.retired[0].remote_object().as_deref(),
             Some("https://harbor.example/api/v2.0/robots/team-a+puller")
         );
+    }
+
+    #[tokio::test]
+    async fn a_pull_failure_re_mints_only_the_entry_serving_its_host() {
+        let ecr = |host: &str, password: &str| RegistryCredential {
+            host: host.into(),
+            ..cred(password, t0() + TimeDelta::hours(12))
+        };
+        let a: Script = Arc::new(Mutex::new(VecDeque::new()));
+        let b: Script = Arc::new(Mutex::new(VecDeque::new()));
+        let mut c = Credentials {
+            entries: [&a, &b]
+                .into_iter()
+                .map(|s| {
+                    Entry::with_provider(
+                        CredentialSpec::Ecr(EcrSpec::default()),
+                        Box::new(Scripted(s.clone())),
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let a_host = "https://111.dkr.ecr.eu-west-1.amazonaws.com";
+        let b_host = "222.dkr.ecr.eu-west-1.amazonaws.com";
+        a.lock().unwrap().push_back(Ok(vec![ecr(a_host, "a1")]));
+        b.lock().unwrap().push_back(Ok(vec![ecr(b_host, "b1")]));
+        assert_eq!(tick(&mut c, t0()).await.len(), 2);
+        // A failure names the key as the Secret has it, or as kubelet reads it.
+        assert!(c.refresh_host("222.DKR.ecr.eu-west-1.amazonaws.com/v2/"));
+        b.lock().unwrap().push_back(Ok(vec![ecr(b_host, "b2")]));
+        let later = t0() + TimeDelta::minutes(1);
+        let attempts = tick(&mut c, later).await;
+        assert_eq!(attempts.len(), 1, "only the failing host's entry");
+        assert!(a.lock().unwrap().is_empty() && b.lock().unwrap().is_empty());
+        let current = c.current(later);
+        assert_eq!(current[0].1[0].password.expose(), "a1");
+        assert_eq!(current[1].1[0].password.expose(), "b2");
+        assert!(!c.refresh_host("quay.io"), "a host nobody serves");
+        assert!(tick(&mut c, later).await.is_empty());
     }
 
     #[tokio::test]

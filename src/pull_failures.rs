@@ -550,13 +550,19 @@ fn has_status_code(text: &str, code: &str) -> bool {
 /// characters.
 pub fn sanitize(text: &str, max: usize) -> String {
     let cleaned: Vec<String> = text.split(' ').map(sanitize_token).collect();
-    let joined = cleaned.join(" ");
-    if joined.chars().count() <= max {
-        joined
-    } else {
-        let mut out: String = joined.chars().take(max.saturating_sub(1)).collect();
-        out.push('…');
-        out
+    bounded(&cleaned.join(" "), max)
+}
+
+/// At most `max` characters (not bytes, so never inside a UTF-8 sequence),
+/// the last one `…` when something was cut.
+pub fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some(_) => {
+            let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+            out.push('…');
+            out
+        }
     }
 }
 
@@ -620,6 +626,43 @@ pub struct PullEvent<'a> {
     pub message: &'a str,
     /// See [`event_time`].
     pub time: DateTime<Utc>,
+    /// `reportingComponent` (`reportingController` in Go).
+    pub reporting_component: Option<&'a str>,
+    /// `source.component`, the legacy field.
+    pub source_component: Option<&'a str>,
+}
+
+/// The name the kubelet reports its Events under.
+pub const KUBELET: &str = "kubelet";
+
+/// Whether the kubelet reported the Event. Any account allowed to create
+/// Events in a namespace can write a `Failed` Event whose message looks
+/// like a failed pull; only the kubelet's count.
+///
+/// The kubelet records core/v1 Events through client-go's
+/// `tools/record` recorder, built with `EventSource{Component: "kubelet",
+/// Host: <node>}` (`cmd/kubelet/app/server.go`, `componentKubelet`).
+/// `recorderImpl.generateEvent` (client-go `tools/record/event.go`) sets
+/// `event.Source = recorder.source`, `ReportingController =
+/// source.Component` and `ReportingInstance = source.Host`: so a real
+/// kubelet Event carries `reportingComponent: kubelet` and
+/// `source.component: kubelet` (also seen on a kube-apiserver 1.36
+/// cluster). `reportingComponent` decides when set; an Event from a
+/// recorder too old to set it falls back on `source.component`.
+///
+/// This keeps out Events from other components and naive fakes. It is no
+/// authentication: the API server does not check either field, so who may
+/// create Events in a selected namespace still matters. What a fake can
+/// still do is bounded: one re-mint of the one entry serving the host per
+/// minute, and capped, truncated entries on status.
+pub fn reported_by_kubelet(
+    reporting_component: Option<&str>,
+    source_component: Option<&str>,
+) -> bool {
+    match reporting_component.filter(|c| !c.is_empty()) {
+        Some(reporter) => reporter == KUBELET,
+        None => source_component == Some(KUBELET),
+    }
 }
 
 /// One `ClusterPullSecret` as the decision needs it.
@@ -666,6 +709,8 @@ pub struct Attribution<'r> {
 /// Why an Event did not count; for debug logs and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ignored {
+    /// Not reported by the kubelet: see [`reported_by_kubelet`].
+    NotKubelet,
     /// Not a "Failed to pull image" message.
     NotAPull,
     /// The image in the message does not parse.
@@ -676,16 +721,27 @@ pub enum Ignored {
     NotServed,
 }
 
-/// Longest runtime error kept in [`PullFailure::detail`].
+/// Longest runtime error kept in [`PullFailure::detail`], and longest image
+/// reference kept.
 pub const DETAIL_MAX: usize = 300;
+/// Longest namespace, pod name or host kept: the longest object name the
+/// API server accepts (a DNS subdomain). An Event is free text, and its
+/// `involvedObject.name` is not checked against any pod: a longer name is
+/// cut, so that twenty of them cannot push the status patch over its size
+/// limit.
+pub const NAME_MAX: usize = 253;
 
 /// Decides which resources a kubelet `Failed` Event counts for. It counts
 /// for every resource that selects the namespace and whose Secret has a key
-/// kubelet would use for the image, when the error is an auth failure.
+/// kubelet would use for the image, when the kubelet reported it and the
+/// error is an auth failure. Every text it keeps is bounded.
 pub fn attribute<'r>(
     event: &PullEvent<'_>,
     resources: &[ResourceView<'r>],
 ) -> Result<Vec<Attribution<'r>>, Ignored> {
+    if !reported_by_kubelet(event.reporting_component, event.source_component) {
+        return Err(Ignored::NotKubelet);
+    }
     let (image, error) = parse_failed_pull(event.message).ok_or(Ignored::NotAPull)?;
     ImageRef::parse(&image).map_err(|_| Ignored::BadImage)?;
     let reason = match classify(error) {
@@ -701,10 +757,10 @@ pub fn attribute<'r>(
                 resource: r.name,
                 auth_reason: reason,
                 failure: PullFailure {
-                    namespace: event.namespace.to_string(),
-                    pod: event.pod.to_string(),
+                    namespace: bounded(event.namespace, NAME_MAX),
+                    pod: bounded(event.pod, NAME_MAX),
                     image: sanitize(&image, DETAIL_MAX),
-                    host: host.to_string(),
+                    host: bounded(host, NAME_MAX),
                     time: event.time,
                     reason: reason.as_str().to_string(),
                     detail: sanitize(error, DETAIL_MAX),
@@ -1384,7 +1440,77 @@ mod tests {
             pod: "app-0",
             message,
             time: t(0),
+            reporting_component: Some(KUBELET),
+            source_component: Some(KUBELET),
         }
+    }
+
+    #[test]
+    fn only_the_kubelet_reports_pull_failures() {
+        assert!(reported_by_kubelet(Some("kubelet"), Some("kubelet")));
+        assert!(
+            reported_by_kubelet(None, Some("kubelet")),
+            "legacy recorder"
+        );
+        assert!(reported_by_kubelet(Some(""), Some("kubelet")));
+        assert!(!reported_by_kubelet(None, None));
+        assert!(!reported_by_kubelet(Some("kubectl"), Some("kubelet")));
+        assert!(!reported_by_kubelet(None, Some("my-operator")));
+        assert!(!reported_by_kubelet(Some("Kubelet"), None));
+    }
+
+    #[test]
+    fn an_event_not_from_the_kubelet_is_ignored() {
+        let k = keys(&["reg.example.com"]);
+        let r = [ResourceView {
+            name: "main",
+            selects_namespace: true,
+            keys: &k,
+        }];
+        let mut forged = event(AUTH_MSG);
+        forged.reporting_component = None;
+        forged.source_component = None;
+        assert_eq!(attribute(&forged, &r), Err(Ignored::NotKubelet));
+        forged.reporting_component = Some("anyone");
+        assert_eq!(attribute(&forged, &r), Err(Ignored::NotKubelet));
+    }
+
+    #[test]
+    fn every_kept_text_is_bounded() {
+        let k = keys(&["reg.example.com"]);
+        let r = [ResourceView {
+            name: "main",
+            selects_namespace: true,
+            keys: &k,
+        }];
+        let pod = "é".repeat(100 * 1024);
+        let namespace = "n".repeat(1000);
+        let error = "ü".repeat(10_000);
+        let image = format!("reg.example.com/{}:1", "a".repeat(5000));
+        let message = format!("Failed to pull image \"{image}\": 401 Unauthorized {error}");
+        let mut e = event(&message);
+        e.pod = &pod;
+        e.namespace = &namespace;
+        let got = attribute(&e, &r).unwrap();
+        let f = &got[0].failure;
+        for (what, text, max) in [
+            ("pod", &f.pod, NAME_MAX),
+            ("namespace", &f.namespace, NAME_MAX),
+            ("host", &f.host, NAME_MAX),
+            ("image", &f.image, DETAIL_MAX),
+            ("detail", &f.detail, DETAIL_MAX),
+        ] {
+            assert!(text.chars().count() <= max, "{what}: {}", text.len());
+        }
+        assert!(f.pod.starts_with("éé") && f.pod.ends_with('…'));
+    }
+
+    #[test]
+    fn bounded_cuts_on_characters() {
+        assert_eq!(bounded("abc", 3), "abc");
+        assert_eq!(bounded("abcd", 3), "ab…");
+        assert_eq!(bounded("ééé", 2), "é…");
+        assert_eq!(bounded("", 0), "");
     }
 
     #[test]

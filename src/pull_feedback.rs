@@ -18,7 +18,8 @@ use tracing::debug;
 use crate::controller::Context;
 use crate::crd::{ClusterPullSecret, PullFailureStatus};
 use crate::pull_failures::{
-    PULL_FAILURES_CAP, PullEvent, PullFailureLog, RemintGate, ResourceView, attribute, event_time,
+    DETAIL_MAX, NAME_MAX, PULL_FAILURES_CAP, PullEvent, PullFailureLog, RemintGate, ResourceView,
+    attribute, bounded, event_time,
 };
 
 /// The kubelet's "Failed to pull image" Events.
@@ -98,11 +99,18 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
         pod: &pod,
         message: &message,
         time,
+        reporting_component: ev.reporting_component.as_deref(),
+        source_component: ev.source.as_ref().and_then(|s| s.component.as_deref()),
     };
     let attributions = match attribute(&event, &views) {
         Ok(a) => a,
         Err(why) => {
-            debug!(namespace, pod, ?why, "pull Event not counted");
+            debug!(
+                namespace = bounded(&namespace, NAME_MAX),
+                pod = bounded(&pod, NAME_MAX),
+                ?why,
+                "pull Event not counted"
+            );
             return Vec::new();
         }
     };
@@ -111,18 +119,18 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
         let Some(cps) = resources.iter().find(|r| r.name_any() == a.resource) else {
             continue;
         };
-        a.failure.diagnosis = diagnose(ctx, &namespace, &pod, &cps.secret_name()).await;
-        let recorded = ctx
-            .pull_feedback
-            .logs
-            .lock()
-            .expect("pull log lock")
-            .entry(a.resource.to_string())
-            .or_default()
-            .record(a.failure.clone(), PULL_FAILURES_CAP);
-        if !recorded {
+        a.failure.diagnosis = diagnose(ctx, &namespace, &pod, &cps.secret_name())
+            .await
+            .map(|d| bounded(&d, DETAIL_MAX));
+        let counted = {
+            let mut logs = ctx.pull_feedback.logs.lock().expect("pull log lock");
+            let log = logs.entry(a.resource.to_string()).or_default();
+            log.record(a.failure.clone(), PULL_FAILURES_CAP)
+                .then_some(log.total)
+        };
+        let Some(total) = counted else {
             continue;
-        }
+        };
         ctx.metrics
             .pull_auth_failures
             .get_or_create(&crate::metrics::RegistryLabels {
@@ -130,13 +138,15 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
                 registry: a.failure.host.clone(),
             })
             .inc();
+        // A count and a host: the Event goes to `default`, where other
+        // tenants may read it; which pod pulled which image is on status.
         ctx.publish(
             cps,
             EventType::Warning,
             "PullAuthFailed",
             format!(
-                "pod {}/{} could not pull {} from {}: {}",
-                a.failure.namespace, a.failure.pod, a.failure.image, a.failure.host, a.auth_reason
+                "an image pull from {} failed to authenticate: {}; failed pulls counted: {total}, the newest in status.pullFailures",
+                a.failure.host, a.auth_reason
             ),
         )
         .await;
@@ -147,7 +157,7 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
             .expect("gate lock")
             .try_trigger(a.resource, &a.failure.host, Utc::now());
         if remint {
-            ctx.refresh_now(cps).await;
+            ctx.refresh_host(cps, &a.failure.host).await;
         }
         changed.push(ObjectRef::from_obj(&**cps));
     }
@@ -157,7 +167,13 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
 /// The commonest cause of an auth failure is a pod that never got the
 /// Secret: its ServiceAccount is not selected, or the pod was admitted
 /// before the reference was added (pods copy it only at admission).
+///
+/// A name longer than any object name the API server accepts names no pod:
+/// it is not looked up.
 async fn diagnose(ctx: &Context, namespace: &str, pod: &str, secret: &str) -> Option<String> {
+    if pod.len() > NAME_MAX || namespace.len() > NAME_MAX {
+        return None;
+    }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let found = pods.get_opt(pod).await.ok().flatten()?;
     let spec = found.spec?;

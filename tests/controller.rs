@@ -317,6 +317,59 @@ async fn watches_recover_from_410_gone() {
 }
 
 #[tokio::test]
+async fn forbidden_secret_create_is_a_failure_not_a_skipped_namespace() {
+    let h = Harness::start_with(|s| {
+        seed_dockerhub(s);
+        namespace_with_default_sa(s, "open", json!({}));
+        namespace_with_default_sa(s, "locked", json!({}));
+    })
+    .await;
+    // An admission policy or a missing RBAC rule, not a terminating
+    // namespace: a plain 403 without the NamespaceTerminating cause.
+    h.server.inject_fault(
+        Fault::new("/namespaces/locked/secrets", 403)
+            .method(Method::POST)
+            .times(1000),
+    );
+    h.create_resource("company", dockerhub_spec());
+    wait_for("open synced", T, || synced(&h, "open")).await;
+    wait_for("Distributed=False WritesFailed", T, || {
+        h.condition("company", "Distributed") == Some(("False".into(), "WritesFailed".into()))
+    })
+    .await;
+    let cps = h.cps("company").unwrap();
+    let conditions = cps["status"]["conditions"].as_array().unwrap();
+    let distributed = conditions
+        .iter()
+        .find(|c| c["type"] == "Distributed")
+        .unwrap();
+    let message = distributed["message"].as_str().unwrap();
+    assert!(
+        message.contains("Forbidden") && message.contains("locked/regcred"),
+        "{message}"
+    );
+    assert!(h.secret("locked", "regcred").is_none());
+    assert!(
+        h.pull_secrets("locked", "default").is_empty(),
+        "no reference to a Secret that is not there"
+    );
+    let events = h.server.list(&Resource::EVENTS_V1, Some("default"));
+    let warning = events
+        .iter()
+        .find(|e| e["reason"] == "DistributionFailed")
+        .expect("a DistributionFailed Event");
+    assert_eq!(warning["type"], "Warning");
+    assert!(
+        warning["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Forbidden"),
+        "{warning}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn terminating_namespace_is_skipped() {
     let h = Harness::start_with(|s| {
         seed_dockerhub(s);
@@ -453,6 +506,11 @@ async fn deleting_the_resource_removes_everything_it_added() {
         synced(&h, "a") && h.pull_secrets("a", "builder") == ["regcred"]
     })
     .await;
+    assert!(
+        h.metrics
+            .encode()
+            .contains("regbridge_reconciles_total{resource=\"company\"")
+    );
     wait_for("finalizer", T, || {
         h.cps("company")
             .map(|c| c["metadata"]["finalizers"] == json!(["regbridge.dev/cleanup"]))
@@ -463,6 +521,10 @@ async fn deleting_the_resource_removes_everything_it_added() {
         .delete(&Resource::CLUSTER_PULL_SECRETS, None, "company")
         .unwrap();
     wait_for("resource gone", T, || h.cps("company").is_none()).await;
+    wait_for("its metric series gone", T, || {
+        !h.metrics.encode().contains("resource=\"company\"")
+    })
+    .await;
     assert!(h.secret("a", "regcred").is_none());
     assert!(
         h.secret(CONTROLLER_NS, "company").is_none(),
@@ -585,6 +647,7 @@ async fn credentials_never_reach_status_or_events() {
     h.stop().await;
 }
 
+/// A failed-pull Event as the kubelet's recorder writes it.
 fn kubelet_event(ns: &str, name: &str, pod: &str, message: &str) -> Value {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     json!({
@@ -593,8 +656,109 @@ fn kubelet_event(ns: &str, name: &str, pod: &str, message: &str) -> Value {
         "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod, "namespace": ns},
         "reason": "Failed", "type": "Warning", "message": message,
         "source": {"component": "kubelet", "host": "node-1"},
+        "reportingComponent": "kubelet", "reportingInstance": "node-1",
         "firstTimestamp": now, "lastTimestamp": now, "count": 1
     })
+}
+
+/// containerd's answer for Docker Hub without credentials: counted.
+const NO_CREDENTIALS_PULL: &str = r#"Failed to pull image "nginx:1.27": rpc error: code = Unknown desc = failed to pull and unpack image "docker.io/library/nginx:1.27": failed to resolve reference "docker.io/library/nginx:1.27": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed"#;
+
+async fn with_hosts_on_status(namespaces: &[&str]) -> Harness {
+    let h = with_dockerhub(dockerhub_spec(), namespaces).await;
+    wait_for("synced", T, || synced(&h, namespaces[0])).await;
+    wait_for("hosts on status", T, || {
+        h.cps("company")
+            .and_then(|c| c.pointer("/status/registries/0/host").cloned())
+            .is_some()
+    })
+    .await;
+    h
+}
+
+fn pod_gets(h: &Harness) -> Vec<String> {
+    h.server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/pods/"))
+        .map(|r| r.path)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pull_failure_event_not_from_the_kubelet_changes_nothing() {
+    let h = with_hosts_on_status(&["a"]).await;
+    h.server.clear_requests();
+    // Anyone allowed to create Events in `a` can write this.
+    let mut forged = kubelet_event("a", "forged", "victim-0", NO_CREDENTIALS_PULL);
+    forged["source"] = json!({"component": "kubectl"});
+    forged["reportingComponent"] = json!("kubectl");
+    h.server
+        .create(&Resource::EVENTS, Some("a"), forged)
+        .unwrap();
+    let mut unlabelled = kubelet_event("a", "unlabelled", "victim-1", NO_CREDENTIALS_PULL);
+    unlabelled.as_object_mut().unwrap().remove("source");
+    unlabelled
+        .as_object_mut()
+        .unwrap()
+        .remove("reportingComponent");
+    h.server
+        .create(&Resource::EVENTS, Some("a"), unlabelled)
+        .unwrap();
+    // Events are handled in order: once the kubelet's own shows, the
+    // others have been seen.
+    h.server
+        .create(
+            &Resource::EVENTS,
+            Some("a"),
+            kubelet_event("a", "real", "web-0", NO_CREDENTIALS_PULL),
+        )
+        .unwrap();
+    wait_for("the kubelet's failure on status", T, || {
+        h.cps("company")
+            .and_then(|c| c.pointer("/status/pullFailures/0/pod").cloned())
+            == Some(json!("web-0"))
+    })
+    .await;
+    let status = h.cps("company").unwrap()["status"].clone();
+    assert_eq!(status["pullFailureCount"], 1, "{status}");
+    assert_eq!(status["pullFailures"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        pod_gets(&h),
+        ["/api/v1/namespaces/a/pods/web-0"],
+        "no Pod read for the forged Events"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_huge_pod_name_is_cut_on_status() {
+    let h = with_hosts_on_status(&["a"]).await;
+    h.server.clear_requests();
+    let huge = "p".repeat(100 * 1024);
+    h.server
+        .create(
+            &Resource::EVENTS,
+            Some("a"),
+            kubelet_event("a", "huge", &huge, NO_CREDENTIALS_PULL),
+        )
+        .unwrap();
+    wait_for("the failure on status", T, || {
+        h.cps("company")
+            .and_then(|c| c.pointer("/status/pullFailureCount").cloned())
+            == Some(json!(1))
+    })
+    .await;
+    let status = h.cps("company").unwrap()["status"].clone();
+    let pod = status["pullFailures"][0]["pod"].as_str().unwrap();
+    assert!(pod.chars().count() <= 253, "{} characters", pod.len());
+    assert!(pod.starts_with("ppp"));
+    assert!(
+        serde_json::to_string(&status).unwrap().len() < 8 * 1024,
+        "status stays small"
+    );
+    assert!(pod_gets(&h).is_empty(), "no pod can have that name");
+    h.stop().await;
 }
 
 #[tokio::test]
@@ -643,14 +807,12 @@ async fn auth_failed_pull_on_a_served_host_shows_on_status() {
                    "spec": {"serviceAccountName": "default", "containers": [{"name": "web", "image": "nginx:1.27"}]}}),
         )
         .unwrap();
-    // Counted: containerd's answer for Docker Hub without credentials.
-    let counted = r#"Failed to pull image "nginx:1.27": rpc error: code = Unknown desc = failed to pull and unpack image "docker.io/library/nginx:1.27": failed to resolve reference "docker.io/library/nginx:1.27": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed"#;
     let started = std::time::Instant::now();
     h.server
         .create(
             &Resource::EVENTS,
             Some("a"),
-            kubelet_event("a", "e4", "web-1", counted),
+            kubelet_event("a", "e4", "web-1", NO_CREDENTIALS_PULL),
         )
         .unwrap();
     wait_for("pull failure on status", Duration::from_secs(2), || {
@@ -677,8 +839,21 @@ async fn auth_failed_pull_on_a_served_host_shows_on_status() {
         1,
         "only the counted Event"
     );
+    // The Event, in `default`, names a count and a host; which pod pulled
+    // which image stays on status.
     let events = h.server.list(&Resource::EVENTS_V1, Some("default"));
-    assert!(events.iter().any(|e| e["reason"] == "PullAuthFailed"));
+    let event = events
+        .iter()
+        .find(|e| e["reason"] == "PullAuthFailed")
+        .expect("a PullAuthFailed Event");
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.contains("https://index.docker.io/v1/") && note.contains("failed pulls counted: 1"),
+        "{note}"
+    );
+    for detail in ["web-1", "nginx", "a/"] {
+        assert!(!note.contains(detail), "{detail} in {note}");
+    }
     assert!(
         h.metrics
             .encode()

@@ -471,6 +471,8 @@ async fn run_scenario() -> Vec<RequestRecord> {
             json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "pull-1", "namespace": "a"},
                    "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": "web-1", "namespace": "a"},
                    "reason": "Failed", "type": "Warning", "firstTimestamp": now, "lastTimestamp": now,
+                   "source": {"component": "kubelet", "host": "node-1"},
+                   "reportingComponent": "kubelet", "reportingInstance": "node-1",
                    "message": "Failed to pull image \"nginx:1.27\": 401 Unauthorized"}),
         )
         .unwrap();

@@ -11,7 +11,6 @@
 
 #[cfg(feature = "ecr")]
 mod aws_errors;
-#[cfg(feature = "harbor")]
 mod body;
 mod credential;
 pub mod dockerconfig;

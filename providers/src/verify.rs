@@ -38,12 +38,14 @@
 //! everything else is HTTPS. Credentials are never sent to a plain-HTTP token
 //! realm on behalf of an HTTPS registry.
 //!
-//! **No secrets in results.** Registry messages are cut to a short length,
-//! and the password, the `auth` value and any token are replaced by
-//! `<redacted>` wherever they appear, so a result can go to status, Events
-//! and logs as it is.
+//! **No secrets in results.** The password, the `auth` value and any token
+//! are replaced by `<redacted>` wherever they appear, and only then are
+//! registry messages cut to a short length (a cut first could leave a
+//! secret's head behind), so a result can go to status, Events and logs as
+//! it is.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,11 +115,16 @@ impl Verification {
         matches!(self, Self::Rejected { .. })
     }
 
+    /// Replaces every secret with `<redacted>`, then cuts the registry's
+    /// words to one short line. In that order: a cut first could split a
+    /// secret and leave its head behind, where no whole secret matches.
     fn scrub(self, secrets: &[String]) -> Self {
         match self {
             Self::Rejected { code, message } => Self::Rejected {
-                code: code.map(|c| scrub(&c, secrets)),
-                message: scrub(&message, secrets),
+                code: code
+                    .map(|c| short(&scrub(&c, secrets)))
+                    .filter(|c| !c.is_empty()),
+                message: short(&scrub(&message, secrets)),
             },
             Self::Unreachable { reason } => Self::Unreachable {
                 reason: scrub(&reason, secrets),
@@ -182,13 +189,7 @@ impl Verifier {
     }
 
     fn build(timeout: Duration, trust: Trust) -> Result<Self, VerifyError> {
-        let client = trust
-            .client_builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("regbridge/", env!("CARGO_PKG_VERSION")))
-            // reqwest drops Authorization on a redirect to another host.
-            .redirect(reqwest::redirect::Policy::limited(5))
+        let client = client_builder(timeout, &trust)
             .build()
             .map_err(|e| VerifyError::Ca(category(&e)))?;
         Ok(Self {
@@ -196,6 +197,11 @@ impl Verifier {
             timeout,
             trust,
         })
+    }
+
+    /// A client configured as this verifier's, for a one-off variant.
+    fn builder(&self) -> reqwest::ClientBuilder {
+        client_builder(self.timeout, &self.trust)
     }
 
     /// One handshake for this credential's host.
@@ -210,7 +216,7 @@ impl Verifier {
             Err(reason) => return Verification::Unreachable { reason }.scrub(&secrets),
         };
         let handshake = Handshake {
-            client: &self.client,
+            verifier: self,
             target: &target,
             username: &cred.username,
             password,
@@ -258,6 +264,142 @@ impl Verifier {
                 })
             })
             .collect()
+    }
+}
+
+fn client_builder(timeout: Duration, trust: &Trust) -> reqwest::ClientBuilder {
+    trust
+        .client_builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("regbridge/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirect_policy())
+}
+
+/// Redirects a handshake follows.
+const MAX_REDIRECTS: usize = 5;
+
+/// Follows up to [`MAX_REDIRECTS`] redirects, never from HTTPS to plain
+/// HTTP. reqwest drops `Authorization` on a redirect to another host or
+/// port, but keeps it when only the scheme changes, so `https://reg/v2/`
+/// answering `Location: http://reg:443/v2/` would send the credential in
+/// clear. A redirect policy cannot edit headers, so such a redirect is not
+/// followed at all: the handshake ends `Unreachable`, and the credential
+/// never leaves over plain HTTP.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() != "https"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if downgrade {
+            attempt.error(RedirectRefused::Downgrade)
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(RedirectRefused::TooMany)
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RedirectRefused {
+    #[error(
+        "redirected from HTTPS to plain HTTP; not followed, so no credential goes out in clear"
+    )]
+    Downgrade,
+    #[error("more than {} redirects", MAX_REDIRECTS)]
+    TooMany,
+}
+
+/// Where a token realm must not be, unless the registry is there too: the
+/// node's own services and the cloud metadata service, which answers with
+/// the node's cloud credentials. A registry's `WWW-Authenticate` names the
+/// realm, and the realm receives the password (as with `docker login`);
+/// this keeps a registry answer from aiming it at those.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sensitive {
+    /// `127.0.0.0/8`, `::1`, and the unspecified `0.0.0.0` / `::`, which
+    /// Linux connects to the local host.
+    Loopback,
+    /// `169.254.0.0/16` and `fe80::/10`, less the metadata addresses.
+    LinkLocal,
+    /// `169.254.169.254` (AWS, GCP, Azure and others) and `fd00:ec2::254`
+    /// (AWS over IPv6).
+    Metadata,
+}
+
+impl fmt::Display for Sensitive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Loopback => "loopback",
+            Self::LinkLocal => "link-local",
+            Self::Metadata => "cloud metadata",
+        })
+    }
+}
+
+fn sensitive(ip: IpAddr) -> Option<Sensitive> {
+    const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+    match ip.to_canonical() {
+        IpAddr::V4(v4) if v4 == Ipv4Addr::new(169, 254, 169, 254) => Some(Sensitive::Metadata),
+        IpAddr::V4(v4) if v4.is_loopback() || v4.is_unspecified() => Some(Sensitive::Loopback),
+        IpAddr::V4(v4) if v4.is_link_local() => Some(Sensitive::LinkLocal),
+        IpAddr::V6(v6) if v6 == METADATA_V6 => Some(Sensitive::Metadata),
+        IpAddr::V6(v6) if v6.is_loopback() || v6.is_unspecified() => Some(Sensitive::Loopback),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some(Sensitive::LinkLocal),
+        _ => None,
+    }
+}
+
+/// Why the realm's addresses are refused, or `None`: any address in a
+/// [`Sensitive`] class that none of the registry's own addresses is in. A
+/// registry on loopback (a test, a node-local mirror) may keep its realm
+/// there too.
+fn realm_refusal(realm: &[SocketAddr], registry: &[SocketAddr]) -> Option<String> {
+    let registry: Vec<Sensitive> = registry.iter().filter_map(|a| sensitive(a.ip())).collect();
+    realm
+        .iter()
+        .find_map(|a| {
+            sensitive(a.ip())
+                .filter(|class| !registry.contains(class))
+                .map(|class| (a.ip(), class))
+        })
+        .map(|(ip, class)| format!("resolves to {ip}, a {class} address, and the registry is not"))
+}
+
+/// The addresses the HTTP client would connect to for `url`: an IP literal
+/// as it is; a name through the system resolver (`getaddrinfo`), which is
+/// what reqwest's default resolver calls too.
+async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, String> {
+    let port = url.port_or_known_default().unwrap_or(443);
+    match host_of(url) {
+        Host::Ip(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+        Host::Name(name) => tokio::net::lookup_host((name, port))
+            .await
+            .map(Iterator::collect)
+            .map_err(|e| format!("cannot resolve {name}: {e}")),
+        Host::None => Err("the URL names no host".into()),
+    }
+}
+
+enum Host<'a> {
+    Ip(IpAddr),
+    Name(&'a str),
+    None,
+}
+
+/// A URL's host as an address or a name (`url::Host`, which reqwest does
+/// not re-export).
+fn host_of(url: &Url) -> Host<'_> {
+    match url.host_str() {
+        None => Host::None,
+        Some(host) => match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) => Host::Ip(ip),
+            Err(_) => Host::Name(host),
+        },
     }
 }
 
@@ -314,7 +456,7 @@ impl Target {
 /// One run of the handshake. `token` keeps the bearer token, so the caller
 /// can scrub it from the result.
 struct Handshake<'a> {
-    client: &'a reqwest::Client,
+    verifier: &'a Verifier,
     target: &'a Target,
     username: &'a str,
     password: &'a str,
@@ -334,7 +476,9 @@ impl Handshake<'_> {
 
     async fn steps(&mut self) -> Step<Verification> {
         let base = self.target.base.clone();
-        let anonymous = self.send(self.client.get(base.clone()), "/v2/").await?;
+        let verifier = self.verifier;
+        let client = &verifier.client;
+        let anonymous = self.send(client.get(base.clone()), "/v2/").await?;
         let status = anonymous.status();
         if status.is_success() {
             return Ok(Verification::Anonymous);
@@ -346,7 +490,7 @@ impl Handshake<'_> {
             Challenge::pick(anonymous.headers()).map_err(|reason| Verification::Unreachable {
                 reason: format!("{base}: {reason}"),
             })?;
-        let request = self.client.get(base.clone());
+        let request = client.get(base.clone());
         let authed = match challenge {
             Challenge::Basic => request.basic_auth(self.username, Some(self.password)),
             Challenge::Bearer {
@@ -409,8 +553,8 @@ impl Handshake<'_> {
             query.append_pair("account", self.username);
         }
         let shown = without_query(&url);
-        let request = self
-            .client
+        let realm_client = self.realm_client(&url).await?;
+        let request = realm_client
             .get(url)
             .basic_auth(self.username, Some(self.password));
         let answer = self.send(request, "token realm").await?;
@@ -438,6 +582,35 @@ impl Handshake<'_> {
             .ok_or_else(|| Verification::Unreachable {
                 reason: format!("{shown}: the token response carries no token"),
             })
+    }
+
+    /// The client for the token request, after the realm's addresses
+    /// passed [`realm_refusal`]. A realm named by a host name is pinned to
+    /// the addresses that were checked, so a second DNS answer (rebinding)
+    /// cannot move the request elsewhere.
+    async fn realm_client(&self, realm: &Url) -> Step<reqwest::Client> {
+        let base = &self.target.base;
+        let unreachable = |reason: String| Verification::Unreachable {
+            reason: format!("{base}: {reason}"),
+        };
+        let realm_addrs = resolve(realm).await.map_err(unreachable)?;
+        // The registry already answered, so its name resolves.
+        let registry_addrs = resolve(base).await.unwrap_or_default();
+        if let Some(reason) = realm_refusal(&realm_addrs, &registry_addrs) {
+            return Err(unreachable(format!(
+                "the token realm {} {reason}; the credential is not sent there",
+                realm.host_str().unwrap_or_default()
+            )));
+        }
+        match host_of(realm) {
+            Host::Name(name) => self
+                .verifier
+                .builder()
+                .resolve_to_addrs(name, &realm_addrs)
+                .build()
+                .map_err(|e| unreachable(format!("token realm client: {}", category(&e)))),
+            Host::Ip(_) | Host::None => Ok(self.verifier.client.clone()),
+        }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, what: &str) -> Step<reqwest::Response> {
@@ -545,16 +718,10 @@ impl Challenge {
 }
 
 /// The first `MAX_BODY` bytes of the body; nothing on a read error.
-async fn read_body(mut response: reqwest::Response) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        let room = MAX_BODY - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_BODY {
-            break;
-        }
-    }
-    body
+async fn read_body(response: reqwest::Response) -> Vec<u8> {
+    crate::body::read_limited(response, MAX_BODY)
+        .await
+        .unwrap_or_default()
 }
 
 /// `Rejected` with the registry's own words: `errors[0]` of the v2 error
@@ -586,10 +753,8 @@ fn rejected(status: StatusCode, body: &[u8]) -> Verification {
     let message = message
         .filter(|m| !m.trim().is_empty())
         .unwrap_or_else(|| format!("the registry answered {status}"));
-    Verification::Rejected {
-        code: code.map(|c| short(&c)).filter(|c| !c.is_empty()),
-        message: short(&message),
-    }
+    // Cut to length only after the secrets are scrubbed (`scrub`).
+    Verification::Rejected { code, message }
 }
 
 /// Printable, on one line, at most `MAX_MESSAGE` characters.
@@ -804,7 +969,7 @@ mod tests {
             r#"{{"errors":[{{"code":"DENIED","message":"{}\nsecond line"}}]}}"#,
             "x".repeat(500)
         );
-        let v = rejected(StatusCode::FORBIDDEN, long.as_bytes());
+        let v = rejected(StatusCode::FORBIDDEN, long.as_bytes()).scrub(&[]);
         let msg = v.message();
         assert!(!msg.contains('\n'));
         assert!(msg.len() < MAX_MESSAGE + 20, "{}", msg.len());
@@ -836,6 +1001,81 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_password_across_the_cut_leaves_no_part_behind() {
+        let password = "hunter2-Very-Secret-Password";
+        // The password starts 10 characters before the cut.
+        let body = format!(
+            r#"{{"errors":[{{"code":"DENIED","message":"{}{password} is wrong"}}]}}"#,
+            "x".repeat(MAX_MESSAGE - 10)
+        );
+        let v = rejected(StatusCode::UNAUTHORIZED, body.as_bytes()).scrub(&[password.to_owned()]);
+        let shown = v.message();
+        assert!(!shown.contains(&password[..10]), "{shown}");
+        assert!(shown.len() < MAX_MESSAGE + 20, "{}", shown.len());
+    }
+
+    fn addrs(ips: &[&str]) -> Vec<SocketAddr> {
+        ips.iter()
+            .map(|ip| SocketAddr::new(ip.parse().unwrap(), 443))
+            .collect()
+    }
+
+    #[test]
+    fn node_local_and_metadata_addresses_are_classed() {
+        use Sensitive::*;
+        for (ip, class) in [
+            ("127.0.0.1", Some(Loopback)),
+            ("127.8.9.10", Some(Loopback)),
+            ("::1", Some(Loopback)),
+            ("0.0.0.0", Some(Loopback)),
+            ("::", Some(Loopback)),
+            ("169.254.169.254", Some(Metadata)),
+            ("::ffff:169.254.169.254", Some(Metadata)),
+            ("fd00:ec2::254", Some(Metadata)),
+            ("169.254.170.2", Some(LinkLocal)),
+            ("fe80::1", Some(LinkLocal)),
+            ("febf::1", Some(LinkLocal)),
+            ("10.0.0.1", None),
+            ("192.0.2.7", None),
+            ("fd00:ec2::253", None),
+            ("2001:db8::1", None),
+        ] {
+            assert_eq!(sensitive(ip.parse().unwrap()), class, "{ip}");
+        }
+    }
+
+    #[test]
+    fn a_realm_may_share_the_registry_class_and_no_other() {
+        let public = addrs(&["192.0.2.7"]);
+        let loopback = addrs(&["127.0.0.1"]);
+        assert_eq!(realm_refusal(&public, &loopback), None);
+        assert_eq!(realm_refusal(&addrs(&["127.0.0.2"]), &loopback), None);
+        let refused = realm_refusal(&addrs(&["169.254.169.254"]), &loopback).unwrap();
+        assert!(refused.contains("cloud metadata"), "{refused}");
+        assert!(realm_refusal(&addrs(&["::1"]), &public).is_some());
+        assert!(
+            realm_refusal(&addrs(&["169.254.169.254"]), &addrs(&["169.254.10.1"])).is_some(),
+            "link-local is not metadata"
+        );
+        assert!(
+            realm_refusal(&addrs(&["192.0.2.8", "169.254.169.254"]), &public).is_some(),
+            "one address of a name is enough"
+        );
+    }
+
+    #[tokio::test]
+    async fn localhost_resolves_to_loopback() {
+        let url = Url::parse("https://localhost:5000/token").unwrap();
+        let found = resolve(&url).await.unwrap();
+        assert!(!found.is_empty());
+        assert!(
+            found
+                .iter()
+                .all(|a| sensitive(a.ip()) == Some(Sensitive::Loopback))
+        );
     }
 
     #[test]
