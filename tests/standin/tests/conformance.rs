@@ -1,4 +1,4 @@
-//! Replays the recorded kube-apiserver 1.36 corpus (`shared/apiserver/*.json`)
+//! Replays the recorded kube-apiserver 1.36 corpus (`tests/standin/corpus/*.json`, a copy of `shared/apiserver`)
 //! against fresh stand-ins, one per group, and reports every mismatch per group.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -72,16 +72,52 @@ const IGNORED: &[&str] = &[
     "jti",
 ];
 
-fn corpus_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("REGBRIDGE_APISERVER_CORPUS") {
-        return PathBuf::from(d);
-    }
-    // Read at run time: a binary built in another checkout sharing the
-    // target dir must still look in this one.
+/// This crate's directory, read at run time: a binary built in another
+/// checkout sharing the target dir must still look in this one.
+fn crate_dir() -> PathBuf {
     PathBuf::from(
         std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
     )
-    .join("../../../shared/apiserver")
+}
+
+/// The corpus replayed: the copy in `tests/standin/corpus/`, so a bare
+/// clone passes, or `REGBRIDGE_APISERVER_CORPUS`.
+fn corpus_dir() -> PathBuf {
+    match std::env::var("REGBRIDGE_APISERVER_CORPUS") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => crate_dir().join("corpus"),
+    }
+}
+
+/// `shared/apiserver` beside the repository is where the corpus is
+/// refreshed from. When it is there, the copy must equal it, so a refreshed
+/// recording is never replayed stale.
+#[test]
+fn the_copy_is_the_shared_corpus_when_that_is_present() {
+    let shared = crate_dir().join("../../../shared/apiserver");
+    if !shared.is_dir() {
+        eprintln!(
+            "no {} beside the repository; the copy stands",
+            shared.display()
+        );
+        return;
+    }
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let copy = crate_dir().join("corpus");
+    assert_eq!(names(&copy), names(&shared), "the same files");
+    for name in names(&shared) {
+        assert!(
+            std::fs::read(copy.join(&name)).unwrap() == std::fs::read(shared.join(&name)).unwrap(),
+            "{name} differs from shared/apiserver: refresh it with `cp ../shared/apiserver/* tests/standin/corpus/`"
+        );
+    }
 }
 
 fn get_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
@@ -496,7 +532,7 @@ async fn corpus_conformance() {
     let dir = corpus_dir();
     assert!(
         dir.is_dir(),
-        "the API server corpus is missing at {}: set REGBRIDGE_APISERVER_CORPUS or place shared/apiserver beside the repository",
+        "the API server corpus is missing at {}: it lives in tests/standin/corpus (or set REGBRIDGE_APISERVER_CORPUS)",
         dir.display()
     );
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
