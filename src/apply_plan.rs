@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use crate::distribute::{Plan, SecretWrite, ServiceAccountWrite, desired_copy};
 use crate::index::ServiceAccountView;
-use crate::labels::{FIELD_MANAGER, RESOURCE};
+use crate::labels::{FIELD_MANAGER, owned_by};
 use crate::metrics::Metrics;
 use crate::serviceaccount_patch::{add_reference, added_by_us, remove_reference};
 
@@ -259,10 +259,7 @@ impl Writer<'_> {
             }
             Err(e) if verb == "create" && status_code(&e) == Some(409) => {
                 match api.get_opt(&name).await {
-                    Ok(Some(existing))
-                        if existing.labels().get(RESOURCE).map(String::as_str)
-                            != Some(self.resource) =>
-                    {
+                    Ok(Some(existing)) if !owned_by(existing.labels(), self.resource) => {
                         Done::Foreign(namespace)
                     }
                     // Ours after all (the cache lagged): the next reconcile compares it.

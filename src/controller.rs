@@ -34,7 +34,7 @@ use crate::distribute::{Claim, Desired, Plan, World, copy_labels, payload_digest
 use crate::health::Health;
 use crate::index::{Index, NamespaceView, SecretView, ServiceAccountView};
 use crate::labels::{
-    FIELD_MANAGER, FINALIZER, MINTED, RESOURCE, ROLE, ROLE_SOURCE, managed_selector,
+    FIELD_MANAGER, FINALIZER, MINTED, RESOURCE, ROLE, ROLE_SOURCE, managed_selector, owned_by,
 };
 use crate::metrics::{Metrics, NamespaceLabels, ReconcileLabels, RefreshLabels, ResourceLabels};
 use crate::pull_feedback::{FIELD_SELECTOR, PullFeedback, feedback};
@@ -329,8 +329,7 @@ async fn ensure_source(
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 ctx.metrics.write("secrets", "create", false);
                 let existing = api.get_opt(name).await.map_err(err)?;
-                let ours = existing
-                    .is_some_and(|s| s.labels().get(RESOURCE).map(String::as_str) == Some(name));
+                let ours = existing.is_some_and(|s| owned_by(s.labels(), name));
                 Ok(if ours {
                     Source::Written
                 } else {

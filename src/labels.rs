@@ -31,6 +31,12 @@ pub const ADDED_ANNOTATION: &str = "regbridge.dev/added-pull-secrets";
 /// over instead of minting again.
 pub const MINTED: &str = "regbridge.dev/minted";
 
+/// Whether an object with these labels belongs to the resource `resource`:
+/// the one ownership test, for a Secret found after a create's 409.
+pub fn owned_by(labels: &std::collections::BTreeMap<String, String>, resource: &str) -> bool {
+    labels.get(RESOURCE).map(String::as_str) == Some(resource)
+}
+
 /// The label selector for everything regbridge manages.
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY}={MANAGED_BY_VALUE}")

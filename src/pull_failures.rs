@@ -22,7 +22,7 @@ pub enum PullFailureError {
 // ---------------------------------------------------------------------------
 
 /// Docker Hub's canonical domain after normalisation.
-pub const DOCKER_HUB: &str = "docker.io";
+pub const DOCKER_HUB_DOMAIN: &str = "docker.io";
 
 /// An image reference normalised the way containerd, CRI-O and the kubelet
 /// do it (distribution's `ParseNormalizedNamed`): `nginx` is
@@ -65,10 +65,10 @@ impl ImageRef {
             {
                 (first, rest)
             }
-            _ => (DOCKER_HUB, name),
+            _ => (DOCKER_HUB_DOMAIN, name),
         };
         let domain = if domain == "index.docker.io" {
-            DOCKER_HUB
+            DOCKER_HUB_DOMAIN
         } else {
             domain
         };
@@ -101,7 +101,7 @@ impl ImageRef {
         {
             return Err(bad("invalid registry host"));
         }
-        let path = if domain == DOCKER_HUB && !path.contains('/') {
+        let path = if domain == DOCKER_HUB_DOMAIN && !path.contains('/') {
             format!("library/{path}")
         } else {
             path.to_string()
@@ -158,7 +158,7 @@ pub fn matching_key<'a>(image: &str, keys: &'a [String]) -> Option<&'a str> {
         .iter()
         .find(|(n, _)| urls_match(&SchemelessUrl::parse(n), &target_url))
         .or_else(|| {
-            (target.domain == DOCKER_HUB)
+            (target.domain == DOCKER_HUB_DOMAIN)
                 .then(|| normalised.iter().find(|(n, _)| n == "index.docker.io"))
                 .flatten()
         })

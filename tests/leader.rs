@@ -75,15 +75,22 @@ impl Drop for Replica {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_started_alike_never_both_lead() {
+/// A stand-in with the CRD and the controller's namespace, and a
+/// kubeconfig for it in its own directory under `tag`.
+async fn cluster(tag: &str) -> (StandIn, std::path::PathBuf, std::path::PathBuf) {
     let server = StandIn::start().await;
     server
         .create(&Resource::CRDS, None, installed_crd())
         .expect("CRD");
     namespace(&server, CONTROLLER_NS, json!({}));
-    let dir = std::env::temp_dir().join(format!("regbridge-leader-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("regbridge-{tag}-{}", std::process::id()));
     let kubeconfig = write_kubeconfig(&dir, &server.url());
+    (server, dir, kubeconfig)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_started_alike_never_both_lead() {
+    let (server, dir, kubeconfig) = cluster("leader").await;
 
     let replicas = [Replica::start(&kubeconfig), Replica::start(&kubeconfig)];
     wait_for("a replica to lead", Duration::from_secs(20), || {
@@ -117,11 +124,7 @@ async fn two_replicas_started_alike_never_both_lead() {
 /// kube-lease-manager alone would go on reporting leadership.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_stops_writing_within_the_lease_duration() {
-    let server = StandIn::start().await;
-    server
-        .create(&Resource::CRDS, None, installed_crd())
-        .expect("CRD");
-    namespace(&server, CONTROLLER_NS, json!({}));
+    let (server, dir, kubeconfig) = cluster("fence").await;
     seed_dockerhub(&server);
     server
         .create(
@@ -130,8 +133,6 @@ async fn a_partitioned_leader_stops_writing_within_the_lease_duration() {
             cluster_pull_secret("company", dockerhub_spec()),
         )
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("regbridge-fence-{}", std::process::id()));
-    let kubeconfig = write_kubeconfig(&dir, &server.url());
     let leader = Replica::start(&kubeconfig);
     wait_for("the replica to lead", Duration::from_secs(20), || {
         leader.leads()

@@ -112,29 +112,35 @@ start_moto() {
   log "moto_server $MOTO_VERSION at $REGBRIDGE_MOTO_URL"
 }
 
+# serve_registry NAME DIR PORT [TLS_DIR]: docker-registry on 127.0.0.1:PORT,
+# storing in DIR, with the account in $PEERS/registry/htpasswd; over HTTPS
+# with TLS_DIR's server.crt and server.key (trusting TLS_DIR/ca.crt to probe
+# it) when TLS_DIR is given.
+serve_registry() {
+  local name="$1" dir="$2" port="$3" tls="${4:-}" probe="http://127.0.0.1:$3/v2/"
+  mkdir -p "$dir/storage"
+  {
+    printf 'version: 0.1\nlog:\n  level: warn\n'
+    printf 'storage:\n  filesystem:\n    rootdirectory: %s\n' "$dir/storage"
+    printf 'http:\n  addr: 127.0.0.1:%s\n' "$port"
+    if [[ -n "$tls" ]]; then
+      printf '  tls:\n    certificate: %s\n    key: %s\n' "$tls/server.crt" "$tls/server.key"
+      probe="https://127.0.0.1:$port/v2/ --cacert $tls/ca.crt"
+    fi
+    printf 'auth:\n  htpasswd:\n    realm: %s\n    path: %s\n' "regbridge-$name" "$PEERS/registry/htpasswd"
+  } >"$dir/config.yml"
+  docker-registry serve "$dir/config.yml" >"$PEERS/$name.log" 2>&1 &
+  PIDS+=("$!")
+  wait_for "$name" "$probe" "$PEERS/$name.log"
+}
+
 start_registry() {
   local port dir="$PEERS/registry"
   port="$(free_port)"
   rm -rf "$dir"
-  mkdir -p "$dir/storage"
+  mkdir -p "$dir"
   htpasswd -Bbc "$dir/htpasswd" "$REGISTRY_USER" "$REGISTRY_PASSWORD" 2>/dev/null
-  cat >"$dir/config.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $dir/storage
-http:
-  addr: 127.0.0.1:$port
-auth:
-  htpasswd:
-    realm: regbridge-e2e
-    path: $dir/htpasswd
-EOF
-  docker-registry serve "$dir/config.yml" >"$PEERS/registry.log" 2>&1 &
-  PIDS+=("$!")
-  wait_for docker-registry "http://127.0.0.1:$port/v2/" "$PEERS/registry.log"
+  serve_registry registry "$dir" "$port"
   export REGBRIDGE_REGISTRY_URL="127.0.0.1:$port"
   export REGBRIDGE_REGISTRY_USER="$REGISTRY_USER"
   export REGBRIDGE_REGISTRY_PASSWORD="$REGISTRY_PASSWORD"
@@ -148,7 +154,7 @@ start_tls_registry() {
   local port dir="$PEERS/tls-registry"
   port="$(free_port)"
   rm -rf "$dir"
-  mkdir -p "$dir/storage"
+  mkdir -p "$dir"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj "/CN=regbridge test private CA" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
@@ -158,26 +164,7 @@ start_tls_registry() {
   printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$dir/server.ext"
   openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
     -days 2 -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null
-  cat >"$dir/config.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $dir/storage
-http:
-  addr: 127.0.0.1:$port
-  tls:
-    certificate: $dir/server.crt
-    key: $dir/server.key
-auth:
-  htpasswd:
-    realm: regbridge-e2e-tls
-    path: $PEERS/registry/htpasswd
-EOF
-  docker-registry serve "$dir/config.yml" >"$PEERS/tls-registry.log" 2>&1 &
-  PIDS+=("$!")
-  wait_for docker-registry-tls "https://127.0.0.1:$port/v2/ --cacert $dir/ca.crt" "$PEERS/tls-registry.log"
+  serve_registry tls-registry "$dir" "$port" "$dir"
   export REGBRIDGE_TLS_REGISTRY_URL="127.0.0.1:$port"
   export REGBRIDGE_TLS_REGISTRY_CA="$dir/ca.crt"
   log "docker-registry at https://$REGBRIDGE_TLS_REGISTRY_URL (htpasswd, private CA)"

@@ -216,30 +216,23 @@ fn default_rotate_every() -> String {
 mod tests {
     use super::*;
 
+    /// The names of the Secrets the entry `json` reads.
+    fn secret_names(json: serde_json::Value) -> Vec<String> {
+        let spec: CredentialSpec = serde_json::from_value(json).unwrap();
+        spec.secret_refs().iter().map(|r| r.name.clone()).collect()
+    }
+
     #[test]
     fn secret_refs_name_every_secret_an_entry_reads() {
-        let harbor: CredentialSpec = serde_json::from_value(serde_json::json!({"harbor": {
+        let harbor = serde_json::json!({"harbor": {
             "url": "https://harbor.example", "adminSecretRef": {"namespace": "rb", "name": "admin"},
-            "caSecretRef": {"namespace": "rb", "name": "ca"}}}))
-        .unwrap();
-        let names: Vec<&str> = harbor
-            .secret_refs()
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect();
-        assert_eq!(names, ["admin", "ca"]);
-        let ecr: CredentialSpec =
-            serde_json::from_value(serde_json::json!({"ecr": {"region": "eu-west-1"}})).unwrap();
-        assert!(ecr.secret_refs().is_empty());
-        let with_ca: CredentialSpec = serde_json::from_value(serde_json::json!({"static": {
+            "caSecretRef": {"namespace": "rb", "name": "ca"}}});
+        assert_eq!(secret_names(harbor), ["admin", "ca"]);
+        let ecr = serde_json::json!({"ecr": {"region": "eu-west-1"}});
+        assert!(secret_names(ecr).is_empty());
+        let with_ca = serde_json::json!({"static": {
             "secretRef": {"namespace": "rb", "name": "hub"},
-            "caSecretRef": {"namespace": "rb", "name": "corp-ca"}}}))
-        .unwrap();
-        let names: Vec<&str> = with_ca
-            .secret_refs()
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect();
-        assert_eq!(names, ["hub", "corp-ca"]);
+            "caSecretRef": {"namespace": "rb", "name": "corp-ca"}}});
+        assert_eq!(secret_names(with_ca), ["hub", "corp-ca"]);
     }
 }
