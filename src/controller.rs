@@ -380,8 +380,9 @@ fn distributed_before(ctx: &Context, name: &str) -> (Vec<MintRecord>, Vec<Regist
     let Some(secret) = ctx.stores.sources.get(&key) else {
         return Default::default();
     };
-    let label = |k: &str| secret.labels().get(k).map(String::as_str);
-    if label(RESOURCE) != Some(name) || label(ROLE) != Some(ROLE_SOURCE) {
+    if !owned_by(secret.labels(), name)
+        || secret.labels().get(ROLE).map(String::as_str) != Some(ROLE_SOURCE)
+    {
         return Default::default();
     }
     let records = secret

@@ -142,6 +142,11 @@ impl Entry {
             .map(|(h, v)| (h.clone(), v.verification.clone()))
     }
 
+    /// Nothing minted or taken over yet (a new process, a new entry).
+    fn unminted(&self) -> bool {
+        self.refreshed_at.is_none() && self.last_good.is_empty()
+    }
+
     /// Static entries read a cached Secret, so they are re-read every time;
     /// the others wait for their schedule.
     fn due(&self, now: DateTime<Utc>) -> bool {
@@ -273,9 +278,7 @@ impl Credentials {
 
     /// Whether an entry has nothing minted yet (a new process, a new entry).
     pub fn has_unminted(&self) -> bool {
-        self.entries
-            .iter()
-            .any(|e| e.refreshed_at.is_none() && e.last_good.is_empty())
+        self.entries.iter().any(Entry::unminted)
     }
 
     /// What each entry last distributed, for the composed Secret.
@@ -311,7 +314,7 @@ impl Credentials {
     ) -> usize {
         let mut restored = 0;
         for (index, entry) in self.entries.iter_mut().enumerate() {
-            if entry.refreshed_at.is_some() || !entry.last_good.is_empty() {
+            if !entry.unminted() {
                 continue;
             }
             let Some(record) = records
