@@ -3,7 +3,8 @@
 //! and an unchanged input never causes a write.
 
 use chrono::{DateTime, Utc};
-use regbridge_providers::{RegistryCredential, dockerconfig};
+use regbridge_providers::RegistryCredential;
+use regbridge_providers::registry::dockerconfig;
 
 /// What one credentials entry contributed.
 pub struct EntryCredentials<'a> {

@@ -19,7 +19,7 @@ use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, fina
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use regbridge_providers::dockerconfig::{self, DATA_KEY};
+use regbridge_providers::registry::dockerconfig::{self, DATA_KEY};
 use regbridge_providers::spec::CredentialSpec;
 use regbridge_providers::{BuildContext, RegistryCredential, Trust, Verification, Verifier};
 use serde::de::DeserializeOwned;

@@ -14,7 +14,7 @@ use crate::index::{NamespaceView, SecretView, ServiceAccountView, content_digest
 use crate::labels::{MANAGED_BY, MANAGED_BY_VALUE, RESOURCE, ROLE, ROLE_COPY};
 use crate::selection::Selection;
 use crate::serviceaccount_patch::{add_reference, added_by_us, remove_reference};
-use regbridge_providers::dockerconfig::{DATA_KEY, SECRET_TYPE};
+use regbridge_providers::registry::dockerconfig::{DATA_KEY, SECRET_TYPE};
 
 /// What another resource claims, for conflicts and shared references.
 pub struct Claim<'a> {

@@ -5,8 +5,9 @@
 use std::path::Path;
 
 use chrono::Utc;
+use regbridge_providers::registry::dockerconfig;
 use regbridge_providers::spec::CredentialSpec;
-use regbridge_providers::{BuildContext, NoCluster, Trust, Verification, Verifier, dockerconfig};
+use regbridge_providers::{BuildContext, NoCluster, Trust, Verification, Verifier};
 use serde::Deserialize;
 
 use crate::compose::{Composed, compose};

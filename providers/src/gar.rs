@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::factory::{BuildContext, deadline};
 use crate::http_errors;
+use crate::provider::{BuildContext, deadline};
 use crate::spec::{GarSpec, SecretRef};
 use crate::{Cluster, Provider, ProviderError, Redacted, RegistryCredential};
 

@@ -43,8 +43,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::factory::{BuildContext, deadline};
 use crate::http_errors;
+use crate::provider::{BuildContext, deadline};
 use crate::spec::{HarborSpec, SecretRef};
 use crate::trust::Trust;
 use crate::{Cluster, Provider, ProviderError, Redacted, RegistryCredential, SecretData};

@@ -10,15 +10,10 @@
 //! pull in cloud SDKs sit behind features.
 
 #[cfg(feature = "ecr")]
-mod aws_errors;
+mod aws;
 mod body;
 mod credential;
-pub mod dockerconfig;
 pub mod duration;
-#[cfg(feature = "ecr")]
-mod ecr;
-#[cfg(feature = "ecr")]
-mod ecr_public;
 mod factory;
 #[cfg(feature = "gar")]
 mod gar;
@@ -26,14 +21,16 @@ mod gar;
 mod harbor;
 #[cfg(any(feature = "gar", feature = "harbor"))]
 mod http_errors;
+mod provider;
+pub mod registry;
 mod source;
 pub mod spec;
 mod static_creds;
 pub mod trust;
-pub mod verify;
 
 pub use credential::{Redacted, RegistryCredential};
-pub use factory::{BuildContext, Provider, ProviderError, build};
+pub use factory::build;
+pub use provider::{BuildContext, Provider, ProviderError};
+pub use registry::verify::{Verification, Verifier, VerifyError};
 pub use source::{Cluster, NoCluster, SecretData, SourceError};
 pub use trust::{Trust, TrustError};
-pub use verify::{Verification, Verifier, VerifyError};

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use crate::dockerconfig::{self, DATA_KEY, DOCKER_HUB, SECRET_TYPE};
+use crate::registry::dockerconfig::{self, DATA_KEY, DOCKER_HUB, SECRET_TYPE};
 use crate::spec::StaticSpec;
 use crate::{Cluster, Provider, ProviderError, RegistryCredential};
 

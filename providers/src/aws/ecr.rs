@@ -23,24 +23,19 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_credential_types::Credentials;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use chrono::{DateTime, Utc};
+use aws_config::{Region, SdkConfig};
 use tokio::sync::OnceCell;
 
-use crate::aws_errors::sdk_error;
-use crate::factory::{BuildContext, deadline};
+use super::common::{
+    assume_role_provider, decode_token, load_base_config, to_chrono, web_identity_credentials,
+};
+use super::errors::sdk_error;
+use crate::provider::{BuildContext, deadline};
 use crate::spec::{EcrSpec, ServiceAccountRef};
 use crate::trust::Trust;
-use crate::{Cluster, Provider, ProviderError, Redacted, RegistryCredential};
+use crate::{Cluster, Provider, ProviderError, RegistryCredential};
 
 const NAME: &str = "ecr";
-/// The audience AWS STS expects on web identity tokens.
-pub(crate) const STS_AUDIENCE: &str = "sts.amazonaws.com";
-/// Session name for `roleArn` assumed on top of the base identity.
-pub(crate) const SESSION_NAME: &str = "regbridge";
 
 pub(crate) struct EcrProvider {
     spec: EcrSpec,
@@ -173,104 +168,6 @@ impl Provider for EcrProvider {
     }
 }
 
-/// `aws-config`'s default chain, for one region, on the rustls+ring HTTPS
-/// client. Every AWS client here derives from this config, the default
-/// chain's own STS and IMDS clients included, so none needs the SDK's default
-/// client (which would compile in a second rustls crypto provider).
-pub(crate) async fn load_base_config(region: Region, trust: &Trust) -> SdkConfig {
-    use aws_smithy_http_client::tls::{Provider as Tls, rustls_provider::CryptoMode};
-    let https = aws_smithy_http_client::Builder::new()
-        .tls_provider(Tls::Rustls(CryptoMode::Ring))
-        .tls_context(trust.aws_tls_context())
-        .build_https();
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
-        .http_client(https)
-        .load()
-        .await
-}
-
-pub(crate) async fn assume_role_provider(
-    base: &SdkConfig,
-    role: &str,
-    external_id: Option<&str>,
-) -> aws_config::sts::AssumeRoleProvider {
-    let mut builder = aws_config::sts::AssumeRoleProvider::builder(role)
-        .session_name(SESSION_NAME)
-        .configure(base);
-    if let Some(id) = external_id {
-        builder = builder.external_id(id);
-    }
-    builder.build().await
-}
-
-/// Exchanges a TokenRequest token of `sa` for temporary credentials of `role`.
-pub(crate) async fn web_identity_credentials(
-    provider: &'static str,
-    base: &SdkConfig,
-    cluster: &dyn Cluster,
-    sa: &ServiceAccountRef,
-    role: &str,
-) -> Result<Credentials, ProviderError> {
-    let token = cluster.service_account_token(sa, STS_AUDIENCE).await?;
-    let sts = aws_sdk_sts::Client::new(base);
-    let out = sts
-        .assume_role_with_web_identity()
-        .role_arn(role)
-        .role_session_name(tenant_session_name(sa))
-        .web_identity_token(token.expose())
-        .send()
-        .await
-        .map_err(|e| sdk_error(provider, "AssumeRoleWithWebIdentity", &e))?;
-    let c = out.credentials().ok_or_else(|| ProviderError::Malformed {
-        what: format!("{provider}: AssumeRoleWithWebIdentity response"),
-        reason: "has no credentials".into(),
-    })?;
-    Ok(Credentials::new(
-        c.access_key_id(),
-        c.secret_access_key(),
-        Some(c.session_token().to_owned()),
-        std::time::SystemTime::try_from(*c.expiration()).ok(),
-        "regbridge-web-identity",
-    ))
-}
-
-/// `regbridge-<namespace>-<name>`, cut to STS's 64 characters and its
-/// alphabet (`[\w+=,.@-]`), so CloudTrail names the tenant.
-fn tenant_session_name(sa: &ServiceAccountRef) -> String {
-    format!("regbridge-{}-{}", sa.namespace, sa.name)
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect()
-}
-
-/// `AWS:<password>` from the base64 `authorizationToken`. Errors say what is
-/// wrong, never what the token holds.
-pub(crate) fn decode_token(
-    provider: &'static str,
-    token: &str,
-) -> Result<(String, Redacted<String>), ProviderError> {
-    let bad = |reason: &str| ProviderError::Malformed {
-        what: format!("{provider}: authorizationToken"),
-        reason: reason.into(),
-    };
-    let raw = STANDARD
-        .decode(token.trim())
-        .map_err(|_| bad("not base64"))?;
-    let text = String::from_utf8(raw).map_err(|_| bad("not UTF-8"))?;
-    let (user, pass) = text
-        .split_once(':')
-        .ok_or_else(|| bad("has no `user:` prefix"))?;
-    Ok((user.to_owned(), Redacted::new(pass.to_owned())))
-}
-
 /// `https://123.dkr.ecr.eu-west-1.amazonaws.com/` → `123.dkr.ecr.eu-west-1.amazonaws.com`.
 pub(crate) fn host_of(endpoint: &str) -> String {
     let rest = endpoint
@@ -278,11 +175,6 @@ pub(crate) fn host_of(endpoint: &str) -> String {
         .or_else(|| endpoint.strip_prefix("http://"))
         .unwrap_or(endpoint);
     rest.trim_end_matches('/').to_owned()
-}
-
-/// The SDK's `DateTime` (shared by every aws-sdk crate) as chrono's.
-pub(crate) fn to_chrono(t: &aws_sdk_ecr::primitives::DateTime) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
 }
 
 fn malformed(reason: &str) -> ProviderError {
@@ -308,15 +200,6 @@ mod tests {
     }
 
     #[test]
-    fn token_decodes_to_user_and_password_and_errors_do_not_quote_it() {
-        let (user, pass) = decode_token(NAME, &STANDARD.encode("AWS:p:w")).unwrap();
-        assert_eq!((user.as_str(), pass.expose().as_str()), ("AWS", "p:w"));
-        let err = decode_token(NAME, &STANDARD.encode("nocolonsecret")).unwrap_err();
-        assert!(!err.to_string().contains("nocolonsecret"), "{err}");
-        assert!(decode_token(NAME, "%%%").is_err());
-    }
-
-    #[test]
     fn identity_without_role_is_an_invalid_spec() {
         let spec = EcrSpec {
             region: "eu-west-1".into(),
@@ -329,16 +212,5 @@ mod tests {
         ));
         let no_region = EcrSpec::default();
         assert!(EcrProvider::new(no_region, &BuildContext::new("res")).is_err());
-    }
-
-    #[test]
-    fn session_name_is_sts_safe_and_bounded() {
-        let sa = ServiceAccountRef {
-            namespace: "team/a".into(),
-            name: "x".repeat(80),
-        };
-        let name = tenant_session_name(&sa);
-        assert!(name.starts_with("regbridge-team-a-"));
-        assert_eq!(name.len(), 64);
     }
 }

@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use aws_config::{Region, SdkConfig};
 use tokio::sync::OnceCell;
 
-use crate::aws_errors::sdk_error;
-use crate::ecr::{assume_role_provider, decode_token, load_base_config, to_chrono};
-use crate::factory::{BuildContext, deadline};
+use super::common::{assume_role_provider, decode_token, load_base_config, to_chrono};
+use super::errors::sdk_error;
+use crate::provider::{BuildContext, deadline};
 use crate::spec::EcrPublicSpec;
 use crate::trust::Trust;
 use crate::{Cluster, Provider, ProviderError, RegistryCredential};
