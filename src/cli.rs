@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+use crate::ops::telemetry::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,12 +29,6 @@ pub struct Cli {
     /// chart's `extraCA` value mounts one from a ConfigMap or Secret.
     #[arg(long, global = true, env = "REGBRIDGE_CA_FILE")]
     pub ca_file: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Text,
 }
 
 // Parsed once per process; boxing the run arguments would buy nothing.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 
-use crate::index::{NamespaceView, ServiceAccountView};
+use crate::cache::index::{NamespaceView, ServiceAccountView};
 use k8s_openapi::api::core::v1::{
     LocalObjectReference, Namespace, NamespaceStatus, Secret, ServiceAccount,
 };

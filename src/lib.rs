@@ -1,30 +1,27 @@
 //! regbridge: keeps registry pull credentials fresh and distributes them to
 //! the namespaces and ServiceAccounts that need them.
-pub mod admission;
-pub mod apply_plan;
+//!
+//! The folders are layers, and dependencies only point down (a test in
+//! `tests/layering.rs` keeps it so):
+//!
+//! - `api`: the resource's types and the labels regbridge writes;
+//! - `ops`: health, metrics, logs, leader election;
+//! - `cache`: watches and what they keep;
+//! - `decide`: pure decisions over cached state;
+//! - `io`: the API calls and provider calls that carry decisions out;
+//! - `reconcile`: one resource's pipeline, its cleanup, and what triggers it;
+//! - `webhook`: the admission server.
+//!
+//! `cli` and `mint` serve the binary's commands.
+
+pub mod api;
+pub mod cache;
 pub mod cli;
-pub mod cluster_access;
-pub mod compose;
-pub mod controller;
-pub mod crd;
-pub mod credentials;
-pub mod distribute;
-#[doc(hidden)]
-pub mod fixtures;
-pub mod health;
-pub mod index;
-pub mod labels;
-pub mod leader;
-pub mod metrics;
+pub mod decide;
+#[cfg(test)]
+mod fixtures;
+pub mod io;
 pub mod mint;
-pub mod pull_failures;
-pub mod pull_feedback;
-pub mod refresh;
-pub mod selection;
-pub mod selection_cache;
-pub mod serviceaccount_patch;
-pub mod status;
-pub mod telemetry;
+pub mod ops;
+pub mod reconcile;
 pub mod webhook;
-pub mod webhook_tls;
-pub mod yaml;

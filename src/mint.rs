@@ -10,9 +10,9 @@ use regbridge_providers::spec::CredentialSpec;
 use regbridge_providers::{BuildContext, NoCluster, Trust, Verification, Verifier};
 use serde::Deserialize;
 
-use crate::compose::{Composed, compose};
-use crate::credentials::{Credentials, RefreshOptions, as_entries};
-use crate::status::rfc3339;
+use crate::decide::compose::{Composed, compose};
+use crate::decide::status::rfc3339;
+use crate::io::credentials::{Credentials, RefreshOptions, as_entries};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {

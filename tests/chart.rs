@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::CommandFactory;
+use regbridge::api::crd::ClusterPullSecret;
 use regbridge::cli::Cli;
-use regbridge::crd::ClusterPullSecret;
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "regbridge";
@@ -413,7 +413,7 @@ fn cluster_pull_secrets_from_values_parse_as_the_resource() {
     for v in found {
         let cps: ClusterPullSecret =
             serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v:#}"));
-        assert!(regbridge::selection::Selection::compile(&cps.spec).is_ok());
+        assert!(regbridge::cache::selection::Selection::compile(&cps.spec).is_ok());
         assert!(v["metadata"].get("namespace").is_none(), "cluster-scoped");
     }
     let ecr = r

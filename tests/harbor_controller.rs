@@ -67,7 +67,7 @@ async fn a_restart_takes_the_robot_over_without_rotating_it() {
     wait_for("a reconcile after the restart", T, || {
         h.metrics
             .reconciles
-            .get_or_create(&regbridge::metrics::ReconcileLabels {
+            .get_or_create(&regbridge::ops::metrics::ReconcileLabels {
                 resource: "company".into(),
                 result: "ok",
             })

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use regbridge::crd::{ClusterPullSecret, crd_yaml};
+use regbridge::api::crd::{ClusterPullSecret, crd_yaml};
 
 fn repo() -> PathBuf {
     // Read at run time: a binary built in another checkout sharing the
@@ -81,7 +81,7 @@ fn every_example_resource_parses_as_a_cluster_pull_secret() {
         assert!(parsed.is_ok(), "{path}: {:?}", parsed.err());
         let cps = parsed.unwrap();
         assert!(
-            regbridge::selection::Selection::compile(&cps.spec).is_ok(),
+            regbridge::cache::selection::Selection::compile(&cps.spec).is_ok(),
             "{path}: selection compiles"
         );
     }

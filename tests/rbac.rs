@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use regbridge::controller::{self, Config};
-use regbridge::health::Health;
-use regbridge::metrics::Metrics;
+use regbridge::ops::health::Health;
+use regbridge::ops::metrics::Metrics;
+use regbridge::reconcile::{self, Config};
 use regbridge_standin::{Fault, Method, RequestRecord, Resource, StandIn};
 use serde_json::{Value, json};
 use support::*;
@@ -338,7 +338,7 @@ async fn run_scenario() -> Vec<RequestRecord> {
         tokio::spawn(async move {
             let work = || {
                 let stop = stop.clone();
-                controller::run(
+                reconcile::run(
                     client.clone(),
                     config.clone(),
                     Arc::new(Health::default()),
@@ -350,12 +350,12 @@ async fn run_scenario() -> Vec<RequestRecord> {
                     },
                 )
             };
-            regbridge::leader::while_leader(
+            regbridge::ops::leader::while_leader(
                 client.clone(),
                 CONTROLLER_NS,
                 "regbridge-leader",
                 "rbac-test",
-                &regbridge::health::Health::default(),
+                &regbridge::ops::health::Health::default(),
                 work,
             )
             .await
@@ -373,8 +373,8 @@ async fn run_scenario() -> Vec<RequestRecord> {
             regbridge::webhook::WebhookConfig {
                 namespace: CONTROLLER_NS.into(),
                 service: "regbridge-webhook".into(),
-                secret: regbridge::webhook_tls::TLS_SECRET.into(),
-                configuration: regbridge::webhook_tls::WEBHOOK_CONFIGURATION.into(),
+                secret: regbridge::webhook::tls::TLS_SECRET.into(),
+                configuration: regbridge::webhook::tls::WEBHOOK_CONFIGURATION.into(),
                 extra_names: vec![],
                 tls_dir: None,
             },
@@ -558,17 +558,17 @@ async fn run_scenario() -> Vec<RequestRecord> {
             .get(
                 &Resource::SECRETS,
                 Some(CONTROLLER_NS),
-                regbridge::webhook_tls::TLS_SECRET,
+                regbridge::webhook::tls::TLS_SECRET,
             )
             .is_some()
     })
     .await;
-    let later = chrono::Utc::now() + chrono::Duration::days(regbridge::webhook_tls::VALIDITY_DAYS);
-    regbridge::webhook_tls::ensure(
+    let later = chrono::Utc::now() + chrono::Duration::days(regbridge::webhook::tls::VALIDITY_DAYS);
+    regbridge::webhook::tls::ensure(
         &client,
         CONTROLLER_NS,
-        regbridge::webhook_tls::TLS_SECRET,
-        &regbridge::webhook_tls::dns_names("regbridge-webhook", CONTROLLER_NS, &[]),
+        regbridge::webhook::tls::TLS_SECRET,
+        &regbridge::webhook::tls::dns_names("regbridge-webhook", CONTROLLER_NS, &[]),
         later,
     )
     .await
@@ -579,7 +579,7 @@ async fn run_scenario() -> Vec<RequestRecord> {
             .get(
                 &Resource::MUTATING_WEBHOOK_CONFIGURATIONS,
                 None,
-                regbridge::webhook_tls::WEBHOOK_CONFIGURATION,
+                regbridge::webhook::tls::WEBHOOK_CONFIGURATION,
             )
             .is_some_and(|c| c["webhooks"][0]["clientConfig"]["caBundle"].is_string())
     })

@@ -10,11 +10,11 @@ use std::sync::atomic::AtomicBool;
 use chrono::{Duration, Utc};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::{reflector, watcher};
-use regbridge::crd::{ClusterPullSecret, ClusterPullSecretSpec};
-use regbridge::index::{Index, NamespaceView};
-use regbridge::metrics::Metrics;
+use regbridge::api::crd::{ClusterPullSecret, ClusterPullSecretSpec};
+use regbridge::cache::index::{Index, NamespaceView};
+use regbridge::ops::metrics::Metrics;
+use regbridge::webhook::tls::{self, CertResolver, NOT_AFTER_ANNOTATION, TLS_SECRET};
 use regbridge::webhook::{self, Webhook};
-use regbridge::webhook_tls::{self, CertResolver, NOT_AFTER_ANNOTATION, TLS_SECRET};
 use regbridge_standin::{Resource, StandIn};
 use serde_json::{Value, json};
 
@@ -35,7 +35,7 @@ async fn standin() -> (StandIn, kube::Client) {
 }
 
 fn names() -> Vec<String> {
-    webhook_tls::dns_names("regbridge-webhook", NS, &[])
+    tls::dns_names("regbridge-webhook", NS, &[])
 }
 
 #[tokio::test]
@@ -44,8 +44,8 @@ async fn two_replicas_end_up_with_the_same_certificate_secret() {
     let now = Utc::now();
     let names = names();
     let (a, b) = tokio::join!(
-        webhook_tls::ensure(&client, NS, TLS_SECRET, &names, now),
-        webhook_tls::ensure(&client, NS, TLS_SECRET, &names, now),
+        tls::ensure(&client, NS, TLS_SECRET, &names, now),
+        tls::ensure(&client, NS, TLS_SECRET, &names, now),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a, b, "both replicas serve the same certificate");
@@ -54,7 +54,7 @@ async fn two_replicas_end_up_with_the_same_certificate_secret() {
         .expect("the shared Secret");
     assert_eq!(secret["type"], "kubernetes.io/tls");
     // A third replica, later, reads the same one.
-    let c = webhook_tls::ensure(&client, NS, TLS_SECRET, &names, now)
+    let c = tls::ensure(&client, NS, TLS_SECRET, &names, now)
         .await
         .unwrap();
     assert_eq!(a, c);
@@ -64,13 +64,12 @@ async fn two_replicas_end_up_with_the_same_certificate_secret() {
 async fn a_certificate_near_expiry_is_renewed_once() {
     let (server, client) = standin().await;
     let now = Utc::now();
-    let first = webhook_tls::ensure(&client, NS, TLS_SECRET, &names(), now)
+    let first = tls::ensure(&client, NS, TLS_SECRET, &names(), now)
         .await
         .unwrap();
-    let later =
-        now + Duration::days(webhook_tls::VALIDITY_DAYS - webhook_tls::RENEW_BEFORE_DAYS + 1);
+    let later = now + Duration::days(tls::VALIDITY_DAYS - tls::RENEW_BEFORE_DAYS + 1);
     assert!(first.needs_renewal(later));
-    let renewed = webhook_tls::ensure(&client, NS, TLS_SECRET, &names(), later)
+    let renewed = tls::ensure(&client, NS, TLS_SECRET, &names(), later)
         .await
         .unwrap();
     assert_ne!(renewed.cert_pem, first.cert_pem);
@@ -80,14 +79,13 @@ async fn a_certificate_near_expiry_is_renewed_once() {
     assert_eq!(renewed.ca_pem.matches("BEGIN CERTIFICATE").count(), 2);
     assert!(renewed.ca_pem.ends_with(&first.ca_pem));
     // Another replica at the same moment keeps the renewed one.
-    let again = webhook_tls::ensure(&client, NS, TLS_SECRET, &names(), later)
+    let again = tls::ensure(&client, NS, TLS_SECRET, &names(), later)
         .await
         .unwrap();
     assert_eq!(again, renewed);
     // A second renewal carries over only the then-current CA.
-    let much_later =
-        later + Duration::days(webhook_tls::VALIDITY_DAYS - webhook_tls::RENEW_BEFORE_DAYS + 1);
-    let third = webhook_tls::ensure(&client, NS, TLS_SECRET, &names(), much_later)
+    let much_later = later + Duration::days(tls::VALIDITY_DAYS - tls::RENEW_BEFORE_DAYS + 1);
+    let third = tls::ensure(&client, NS, TLS_SECRET, &names(), much_later)
         .await
         .unwrap();
     assert_eq!(third.ca_pem.matches("BEGIN CERTIFICATE").count(), 2);
@@ -162,8 +160,7 @@ async fn serve_https(
     hook: Webhook,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (String, reqwest::Client) {
-    let bundle =
-        webhook_tls::generate(&["localhost".to_owned()], Utc::now(), Duration::days(2)).unwrap();
+    let bundle = tls::generate(&["localhost".to_owned()], Utc::now(), Duration::days(2)).unwrap();
     let resolver = Arc::new(CertResolver::new(&bundle.cert_pem, &bundle.key_pem).unwrap());
     let tls = Arc::new(resolver.server_config().unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -634,7 +631,7 @@ async fn slow_connections_neither_exhaust_memory_nor_delay_a_real_review() {
 
     let dir = std::env::temp_dir().join(format!("regbridge-webhook-limits-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let bundle = webhook_tls::generate(
+    let bundle = tls::generate(
         &["localhost".to_owned()],
         Utc::now(),
         chrono::Duration::days(2),

@@ -128,7 +128,7 @@ fn every_shipped_yaml_means_the_same_under_yaml_1_1_and_1_2() {
     let scratch = std::env::temp_dir().join(format!("regbridge-yaml11-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
     let printed = scratch.join("regbridge-crd.yaml");
-    std::fs::write(&printed, regbridge::crd::crd_yaml()).unwrap();
+    std::fs::write(&printed, regbridge::api::crd::crd_yaml()).unwrap();
 
     let mut files = vec![printed];
     yaml_files(&repo().join("deploy"), &mut files);

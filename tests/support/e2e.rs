@@ -19,12 +19,12 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
-use regbridge::controller::{self, Config};
-use regbridge::crd::ClusterPullSecret;
-use regbridge::health::Health;
-use regbridge::metrics::Metrics;
+use regbridge::api::crd::ClusterPullSecret;
+use regbridge::ops::health::Health;
+use regbridge::ops::metrics::Metrics;
+use regbridge::reconcile::{self, Config};
+use regbridge::webhook::tls::TLS_SECRET;
 use regbridge::webhook::{self, WebhookConfig};
-use regbridge::webhook_tls::TLS_SECRET;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -157,7 +157,7 @@ impl Running {
 fn controller(client: &Client, ctl: &str) -> Running {
     let (client, ctl) = (client.clone(), ctl.to_owned());
     Running::spawn(|stopped| async move {
-        controller::run(
+        reconcile::run(
             client,
             Config {
                 namespace: ctl,

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use regbridge::controller::{self, Config};
-use regbridge::health::Health;
-use regbridge::metrics::Metrics;
+use regbridge::ops::health::Health;
+use regbridge::ops::metrics::Metrics;
+use regbridge::reconcile::{self, Config};
 use regbridge_standin::{Resource, StandIn};
 use serde_json::{Value, json};
 
@@ -67,7 +67,7 @@ impl Harness {
         self.health = Arc::new(Health::default());
         self.metrics = Arc::new(Metrics::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        self.task = Some(tokio::spawn(controller::run(
+        self.task = Some(tokio::spawn(reconcile::run(
             self.client.clone(),
             Config {
                 namespace: CONTROLLER_NS.into(),

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
-use crate::labels::{
+use crate::api::labels::{
     ADDED_ANNOTATION, EXCLUDE_ANNOTATION, MANAGED_BY, MANAGED_BY_VALUE, RESOURCE, ROLE,
 };
 

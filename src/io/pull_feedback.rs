@@ -15,12 +15,12 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tracing::debug;
 
-use crate::controller::Context;
-use crate::crd::{ClusterPullSecret, PullFailureStatus};
-use crate::pull_failures::{
+use crate::api::crd::{ClusterPullSecret, PullFailureStatus};
+use crate::decide::pull_failures::{
     DETAIL_MAX, NAME_MAX, PULL_FAILURES_CAP, PullEvent, PullFailureLog, RemintGate, ResourceView,
     attribute, bounded, event_time,
 };
+use crate::reconcile::Context;
 
 /// The kubelet's "Failed to pull image" Events.
 pub const FIELD_SELECTOR: &str = "involvedObject.kind=Pod,type=Warning,reason=Failed";
@@ -133,7 +133,7 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
         };
         ctx.metrics
             .pull_auth_failures
-            .get_or_create(&crate::metrics::RegistryLabels {
+            .get_or_create(&crate::ops::metrics::RegistryLabels {
                 resource: a.resource.to_string(),
                 registry: a.failure.host.clone(),
             })

@@ -10,8 +10,8 @@ use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 
-use crate::health::Health;
-use crate::labels::FIELD_MANAGER;
+use crate::api::labels::FIELD_MANAGER;
+use crate::ops::health::Health;
 
 /// Seconds a Lease stays valid after its last renewal.
 pub const LEASE_SECONDS: u64 = 15;

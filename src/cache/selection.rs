@@ -5,8 +5,8 @@
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::crd::ClusterPullSecretSpec;
-use crate::index::NamespaceView;
+use crate::api::crd::ClusterPullSecretSpec;
+use crate::cache::index::NamespaceView;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectionError {
@@ -140,9 +140,9 @@ fn globs(field: &'static str, patterns: &[String]) -> Result<GlobSet, SelectionE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::NamespaceSelector;
+    use crate::api::crd::NamespaceSelector;
+    use crate::api::labels::EXCLUDE_ANNOTATION;
     use crate::fixtures::ns;
-    use crate::labels::EXCLUDE_ANNOTATION;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     fn spec(include: &[&str], exclude: &[&str], sas: &[&str]) -> ClusterPullSecretSpec {

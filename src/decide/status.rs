@@ -6,11 +6,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::compose::ComposedHost;
-use crate::crd::{
+use crate::api::crd::{
     ClusterPullSecretStatus, NamespaceCounts, PullFailureStatus, RegistryStatus, VerificationStatus,
 };
-use crate::credentials::EntryReport;
+use crate::decide::compose::ComposedHost;
+use crate::io::credentials::EntryReport;
 
 /// At most this many conflicting namespaces are listed.
 pub const MAX_LISTED_CONFLICTS: usize = 20;

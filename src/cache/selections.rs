@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use kube::ResourceExt;
 
-use crate::crd::{ClusterPullSecret, ClusterPullSecretSpec};
-use crate::selection::Selection;
+use crate::api::crd::{ClusterPullSecret, ClusterPullSecretSpec};
+use crate::cache::selection::Selection;
 
 struct Entry {
     resource_version: Option<String>,

@@ -11,11 +11,11 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, warn};
 
-use crate::distribute::{Plan, SecretWrite, ServiceAccountWrite, desired_copy};
-use crate::index::ServiceAccountView;
-use crate::labels::{FIELD_MANAGER, owned_by};
-use crate::metrics::Metrics;
-use crate::serviceaccount_patch::{add_reference, added_by_us, remove_reference};
+use crate::api::labels::{FIELD_MANAGER, owned_by};
+use crate::cache::index::ServiceAccountView;
+use crate::decide::distribute::{Plan, SecretWrite, ServiceAccountWrite, desired_copy};
+use crate::decide::sa_patch::{add_reference, added_by_us, remove_reference};
+use crate::ops::metrics::Metrics;
 
 /// How many times a ServiceAccount patch is recomputed after another writer
 /// got in first.

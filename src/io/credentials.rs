@@ -12,8 +12,8 @@ use regbridge_providers::{
     BuildContext, Cluster, Provider, ProviderError, RegistryCredential, Verification, Verifier,
 };
 
-use crate::compose::{EntryCredentials, normalize_host};
-use crate::refresh::{backoff, next_refresh, sane_expiry};
+use crate::decide::compose::{EntryCredentials, normalize_host};
+use crate::decide::refresh::{backoff, next_refresh, sane_expiry};
 
 /// A reconcile meant to drop an expired credential runs this long after the
 /// expiry, so the credential has expired by the clock it reads.
@@ -188,7 +188,7 @@ pub struct EntryReport {
 }
 
 /// What an entry last distributed, kept on the composed Secret (annotation
-/// [`crate::labels::MINTED`]) so a new process (a restart, a failover) can
+/// [`crate::api::labels::MINTED`]) so a new process (a restart, a failover) can
 /// take it over instead of minting again. The credentials themselves are
 /// the Secret's own payload; this says which entry, which spec, and when.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -530,7 +530,7 @@ impl Credentials {
     /// first; hosts compare as kubelet reads keys. Returns whether one was
     /// found.
     ///
-    /// [`compose`]: crate::compose::compose
+    /// [`compose`]: crate::decide::compose::compose
     pub fn refresh_host(&mut self, host: &str) -> bool {
         let wanted = normalize_host(host);
         let serving = self.entries.iter_mut().find(|e| {
@@ -604,7 +604,7 @@ mod tests {
     use regbridge_providers::{NoCluster, Redacted};
 
     use super::*;
-    use crate::refresh::{BACKOFF_MAX, BACKOFF_START, CLAMPED_LIFETIME, MIN_INTERVAL};
+    use crate::decide::refresh::{BACKOFF_MAX, BACKOFF_START, CLAMPED_LIFETIME, MIN_INTERVAL};
 
     type Script = Arc<Mutex<VecDeque<Result<Vec<RegistryCredential>, ProviderError>>>>;
 

@@ -17,7 +17,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 pub const STUCK_AFTER: Duration = Duration::from_secs(60);
 

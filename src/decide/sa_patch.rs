@@ -13,8 +13,8 @@ use json_patch::{
 };
 use serde_json::{Value, json};
 
-use crate::index::ServiceAccountView;
-use crate::labels::ADDED_ANNOTATION;
+use crate::api::labels::ADDED_ANNOTATION;
+use crate::cache::index::ServiceAccountView;
 
 fn references(sa: &ServiceAccountView) -> impl Iterator<Item = &str> {
     sa.pull_secrets.iter().flatten().map(String::as_str)

@@ -23,7 +23,7 @@ use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tracing::info;
 
-use crate::labels::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_VALUE};
+use crate::api::labels::{FIELD_MANAGER, MANAGED_BY, MANAGED_BY_VALUE};
 
 /// The Secret holding the CA and serving certificate (default of
 /// `--webhook-secret`).

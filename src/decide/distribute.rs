@@ -10,10 +10,10 @@ use json_patch::Patch;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 
-use crate::index::{NamespaceView, SecretView, ServiceAccountView, content_digest};
-use crate::labels::{MANAGED_BY, MANAGED_BY_VALUE, RESOURCE, ROLE, ROLE_COPY};
-use crate::selection::Selection;
-use crate::serviceaccount_patch::{add_reference, added_by_us, remove_reference};
+use crate::api::labels::{MANAGED_BY, MANAGED_BY_VALUE, RESOURCE, ROLE, ROLE_COPY};
+use crate::cache::index::{NamespaceView, SecretView, ServiceAccountView, content_digest};
+use crate::cache::selection::Selection;
+use crate::decide::sa_patch::{add_reference, added_by_us, remove_reference};
 use regbridge_providers::registry::dockerconfig::{DATA_KEY, SECRET_TYPE};
 
 /// What another resource claims, for conflicts and shared references.
@@ -297,9 +297,9 @@ fn retire_old_names(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::ClusterPullSecretSpec;
+    use crate::api::crd::ClusterPullSecretSpec;
+    use crate::api::labels::ADDED_ANNOTATION;
     use crate::fixtures::{ns, sa, secret};
-    use crate::labels::ADDED_ANNOTATION;
     use k8s_openapi::api::core::v1::Secret;
 
     const PAYLOAD: &[u8] = br#"{"auths":{}}"#;

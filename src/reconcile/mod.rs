@@ -16,32 +16,34 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use regbridge_providers::registry::dockerconfig::{self, DATA_KEY};
 use regbridge_providers::spec::CredentialSpec;
 use regbridge_providers::{BuildContext, RegistryCredential, Trust, Verification, Verifier};
-use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
-use crate::apply_plan::Writer;
-use crate::cluster_access::CachedCluster;
-use crate::compose::compose;
-use crate::crd::{ClusterPullSecret, ClusterPullSecretStatus, VerifyPolicy};
-use crate::credentials::{Credentials, EntryReport, MintRecord, RefreshOptions, as_entries};
-use crate::distribute::{Claim, Desired, Plan, World, copy_labels, payload_digest, plan};
-use crate::health::Health;
-use crate::index::{Index, NamespaceView, SecretView, ServiceAccountView};
-use crate::labels::{
+use crate::api::crd::{ClusterPullSecret, ClusterPullSecretStatus, VerifyPolicy};
+use crate::api::labels::{
     FIELD_MANAGER, FINALIZER, MINTED, RESOURCE, ROLE, ROLE_SOURCE, managed_selector, owned_by,
 };
-use crate::metrics::{Metrics, NamespaceLabels, ReconcileLabels, RefreshLabels, ResourceLabels};
-use crate::pull_feedback::{FIELD_SELECTOR, PullFeedback, feedback};
-use crate::refresh::backoff;
-use crate::selection::Selection;
-use crate::selection_cache::SelectionCache;
-use crate::status::{self, Observation, Verdict};
+use crate::cache::index::{Index, NamespaceView, SecretView, ServiceAccountView};
+use crate::cache::selection::Selection;
+use crate::cache::selections::SelectionCache;
+use crate::cache::watches::{cached, indexed, track_sync, watched};
+use crate::decide::compose::compose;
+use crate::decide::distribute::{Claim, Desired, Plan, World, copy_labels, payload_digest, plan};
+use crate::decide::refresh::backoff;
+use crate::decide::status::{self, Observation, Verdict};
+use crate::io::cluster_access::CachedCluster;
+use crate::io::credentials::{Credentials, EntryReport, MintRecord, RefreshOptions, as_entries};
+use crate::io::pull_feedback::{FIELD_SELECTOR, PullFeedback, feedback};
+use crate::io::writer::Writer;
+use crate::ops::health::Health;
+use crate::ops::metrics::{
+    Metrics, NamespaceLabels, ReconcileLabels, RefreshLabels, ResourceLabels,
+};
 
 /// A namespace found to hold a foreign Secret is looked at again after this.
 const FOREIGN_RECHECK: Duration = Duration::from_secs(60);
@@ -282,7 +284,7 @@ async fn ensure_source(
     records: &[MintRecord],
 ) -> Result<Source, Error> {
     let ns = &ctx.config.namespace;
-    let mut desired = crate::distribute::desired_copy(name, name, ns, payload);
+    let mut desired = crate::decide::distribute::desired_copy(name, name, ns, payload);
     let mut labels = copy_labels(name);
     labels.insert(ROLE.into(), ROLE_SOURCE.into());
     desired.metadata.labels = Some(labels.clone());
@@ -421,7 +423,7 @@ async fn execute(
     selection: &Selection,
     payload: Option<&[u8]>,
     foreign: &[String],
-) -> (Plan, crate::apply_plan::Outcome) {
+) -> (Plan, crate::io::writer::Outcome) {
     let name = cps.name_any();
     let secret_name = cps.secret_name();
     let rivals = rival_selections(ctx, cps);
@@ -600,7 +602,7 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         for (registry, result) in &a.verified {
             ctx.metrics
                 .verifications
-                .get_or_create(&crate::metrics::VerificationLabels {
+                .get_or_create(&crate::ops::metrics::VerificationLabels {
                     resource: name.clone(),
                     registry: registry.clone(),
                     result,
@@ -660,7 +662,7 @@ async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Err
         if let Some(exp) = h.expires_at {
             ctx.metrics
                 .credential_expiry
-                .get_or_create(&crate::metrics::CredentialLabels {
+                .get_or_create(&crate::ops::metrics::CredentialLabels {
                     resource: name.clone(),
                     registry: h.host.clone(),
                     provider: h.provider,
@@ -993,133 +995,6 @@ pub fn error_policy(cps: Arc<ClusterPullSecret>, error: &Error, ctx: Arc<Context
     *n += 1;
     warn!(resource = %name, error = %error, attempt = *n, "reconcile failed");
     Action::requeue(backoff(*n))
-}
-
-/// What the watch helpers below accept: a statically typed Kubernetes
-/// type they can decode, log and share across tasks.
-pub(crate) trait Watched:
-    kube::Resource<DynamicType = ()>
-    + Clone
-    + DeserializeOwned
-    + std::fmt::Debug
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<K> Watched for K where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static
-{
-}
-
-/// A watch whose progress and errors feed readiness and metrics, and which
-/// backs off and recovers on its own (410 Gone included: the watcher
-/// relists).
-pub(crate) fn watched<K>(
-    name: &'static str,
-    api: Api<K>,
-    config: watcher::Config,
-    health: &Arc<Health>,
-    metrics: &Arc<Metrics>,
-) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
-where
-    K: Watched,
-{
-    health.register(name);
-    let (health, metrics) = (health.clone(), metrics.clone());
-    watcher(api, config)
-        .map(move |event| {
-            match &event {
-                Ok(watcher::Event::InitDone) => {
-                    health.watch_ok(name);
-                    health.watch_synced(name);
-                }
-                Ok(_) => health.watch_ok(name),
-                Err(e) => {
-                    health.watch_failed(name);
-                    metrics
-                        .watch_errors
-                        .get_or_create(&crate::metrics::WatchLabels { watch: name })
-                        .inc();
-                    warn!(watch = name, error = %e, "watch failed; retrying");
-                }
-            }
-            event
-        })
-        .default_backoff()
-}
-
-/// A watched type kept whole in a reflector store (small sets only: the
-/// resources themselves and the controller namespace's Secrets).
-pub(crate) fn cached<K>(
-    name: &'static str,
-    api: Api<K>,
-    health: &Arc<Health>,
-    metrics: &Arc<Metrics>,
-) -> (
-    Store<K>,
-    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-)
-where
-    K: Watched,
-{
-    let (store, writer) = reflector::store();
-    let stream = watched(name, api, watcher::Config::default(), health, metrics)
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-        .reflect(writer);
-    (store, stream)
-}
-
-/// A watched type kept as compact views in an [`Index`].
-pub(crate) fn indexed<K, V>(
-    name: &'static str,
-    api: Api<K>,
-    config: watcher::Config,
-    health: &Arc<Health>,
-    metrics: &Arc<Metrics>,
-) -> (
-    Index<V>,
-    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-)
-where
-    K: Watched,
-    V: Send + Sync + 'static,
-    for<'a> V: From<&'a K>,
-{
-    let index = Index::default();
-    let writer = index.clone();
-    let stream = watched(name, api, config, health, metrics).map(move |event| {
-        if let Ok(e) = &event {
-            writer.apply(e);
-        }
-        event
-    });
-    (index, stream)
-}
-
-/// Removes `name` from the unsynced set once `stream` has delivered its
-/// first full list, after the cache it feeds has taken it in.
-fn track_sync<K>(
-    name: &'static str,
-    unsynced: &Arc<tokio::sync::watch::Sender<BTreeSet<&'static str>>>,
-    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {
-    unsynced.send_modify(|pending| {
-        pending.insert(name);
-    });
-    let unsynced = unsynced.clone();
-    stream.inspect(move |event| {
-        if let Ok(watcher::Event::InitDone) = event {
-            unsynced.send_if_modified(|pending| pending.remove(name));
-        }
-    })
 }
 
 /// Each watch backs off on its own and its errors are already counted; kept

@@ -14,11 +14,11 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::Value;
 
-use crate::crd::ClusterPullSecret;
-use crate::index::{NamespaceView, ServiceAccountView};
-use crate::labels::ADDED_ANNOTATION;
-use crate::selection::Selection;
-use crate::serviceaccount_patch::{add_references, added_by_us, append_to_list, references_secret};
+use crate::api::crd::ClusterPullSecret;
+use crate::api::labels::ADDED_ANNOTATION;
+use crate::cache::index::{NamespaceView, ServiceAccountView};
+use crate::cache::selection::Selection;
+use crate::decide::sa_patch::{add_references, added_by_us, append_to_list, references_secret};
 
 /// One `ClusterPullSecret` as admission reads it.
 #[derive(Debug)]
@@ -266,7 +266,7 @@ pub fn respond(req: &AdmissionRequest<DynamicObject>, decision: &Decision) -> Ad
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ClusterPullSecretSpec, NamespaceSelector};
+    use crate::api::crd::{ClusterPullSecretSpec, NamespaceSelector};
     use crate::fixtures::ns;
     use kube::core::admission::AdmissionReview;
     use serde_json::json;
@@ -544,7 +544,7 @@ mod tests {
         let targets = [target("regcred", &[], &["default"])];
         let r = sa_review("CREATE", sa_object("default", None));
         let opted_out = ns("team-a")
-            .annotation(crate::labels::EXCLUDE_ANNOTATION, "true")
+            .annotation(crate::api::labels::EXCLUDE_ANNOTATION, "true")
             .build();
         assert_eq!(
             admit(&r, &targets, Some(&opted_out), true).0,

@@ -145,14 +145,14 @@ pub struct PullFailureStatus {
     pub diagnosis: Option<String>,
 }
 
-impl From<&crate::pull_failures::PullFailure> for PullFailureStatus {
-    fn from(f: &crate::pull_failures::PullFailure) -> Self {
+impl From<&crate::decide::pull_failures::PullFailure> for PullFailureStatus {
+    fn from(f: &crate::decide::pull_failures::PullFailure) -> Self {
         Self {
             namespace: f.namespace.clone(),
             pod: f.pod.clone(),
             image: f.image.clone(),
             host: f.host.clone(),
-            time: crate::status::rfc3339(f.time),
+            time: crate::decide::status::rfc3339(f.time),
             reason: f.reason.clone(),
             detail: f.detail.clone(),
             diagnosis: f.diagnosis.clone(),
@@ -221,5 +221,5 @@ impl ClusterPullSecret {
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     let crd = serde_json::to_value(ClusterPullSecret::crd()).expect("the CRD always serializes");
-    crate::yaml::to_string(&crd).expect("a JSON value always emits")
+    crate::api::yaml::to_string(&crd).expect("a JSON value always emits")
 }

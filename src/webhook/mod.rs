@@ -1,6 +1,8 @@
 //! The mutating admission webhook's server. Every replica serves it, leader
 //! or not, from its own small caches (the `ClusterPullSecret`s and a compact
-//! namespace index); the decisions themselves are in [`crate::admission`].
+//! namespace index); the decisions themselves are in [`crate::decide::admission`].
+
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,13 +31,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tracing::{debug, info, warn};
 
-use crate::admission::{self, Kind, Target};
-use crate::crd::ClusterPullSecret;
-use crate::health::Health;
-use crate::index::{Index, NamespaceView};
-use crate::metrics::{AdmissionLabels, Metrics, RefusalLabels};
-use crate::selection_cache::SelectionCache;
-use crate::webhook_tls::{self, CertResolver};
+use self::tls::CertResolver;
+use crate::api::crd::ClusterPullSecret;
+use crate::cache::index::{Index, NamespaceView};
+use crate::cache::selections::SelectionCache;
+use crate::decide::admission::{self, Kind, Target};
+use crate::ops::health::Health;
+use crate::ops::metrics::{AdmissionLabels, Metrics, RefusalLabels};
 
 /// The path the `MutatingWebhookConfiguration` posts to.
 pub const PATH: &str = "/mutate";
@@ -372,13 +374,12 @@ async fn refresh_managed(
     client: &Client,
     config: &WebhookConfig,
     resolver: &CertResolver,
-) -> Result<(Duration, Option<bool>), webhook_tls::TlsError> {
-    let names = webhook_tls::dns_names(&config.service, &config.namespace, &config.extra_names);
+) -> Result<(Duration, Option<bool>), tls::TlsError> {
+    let names = tls::dns_names(&config.service, &config.namespace, &config.extra_names);
     let now = chrono::Utc::now();
-    let bundle =
-        webhook_tls::ensure(client, &config.namespace, &config.secret, &names, now).await?;
+    let bundle = tls::ensure(client, &config.namespace, &config.secret, &names, now).await?;
     resolver.set(&bundle.cert_pem, &bundle.key_pem)?;
-    match webhook_tls::publish_ca_bundle(client, &config.configuration, &bundle.ca_pem).await {
+    match tls::publish_ca_bundle(client, &config.configuration, &bundle.ca_pem).await {
         Ok(found) => Ok((bundle.renewal_in(now).min(CA_BUNDLE_RECHECK), Some(found))),
         Err(e) => {
             warn!(error = %e, configuration = %config.configuration, "updating the webhook caBundle");
@@ -391,14 +392,14 @@ async fn refresh_managed(
 async fn first_certificate(
     client: &Client,
     config: &WebhookConfig,
-) -> Result<CertResolver, webhook_tls::TlsError> {
+) -> Result<CertResolver, tls::TlsError> {
     if let Some(dir) = &config.tls_dir {
         let (c, k) = read_mounted(dir)
-            .map_err(|e| webhook_tls::TlsError::Unusable(format!("{}: {e}", dir.display())))?;
+            .map_err(|e| tls::TlsError::Unusable(format!("{}: {e}", dir.display())))?;
         return CertResolver::new(&c, &k);
     }
-    let names = webhook_tls::dns_names(&config.service, &config.namespace, &config.extra_names);
-    let bundle = webhook_tls::ensure(
+    let names = tls::dns_names(&config.service, &config.namespace, &config.extra_names);
+    let bundle = tls::ensure(
         client,
         &config.namespace,
         &config.secret,
@@ -431,13 +432,13 @@ pub async fn run(
         }
     };
     let tls = Arc::new(resolver.server_config()?);
-    let (resources, resources_stream) = crate::controller::cached(
+    let (resources, resources_stream) = crate::cache::watches::cached(
         "webhook-clusterpullsecrets",
         Api::<ClusterPullSecret>::all(client.clone()),
         &health,
         &metrics,
     );
-    let (namespaces, namespaces_stream) = crate::controller::indexed::<Namespace, NamespaceView>(
+    let (namespaces, namespaces_stream) = crate::cache::watches::indexed::<Namespace, NamespaceView>(
         "webhook-namespaces",
         Api::all(client.clone()),
         watcher::Config::default(),
