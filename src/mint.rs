@@ -10,8 +10,8 @@ use regbridge_providers::spec::CredentialSpec;
 use regbridge_providers::{BuildContext, NoCluster, Trust, Verification, Verifier};
 use serde::Deserialize;
 
+use crate::api::crd::rfc3339;
 use crate::decide::compose::{Composed, compose};
-use crate::decide::status::rfc3339;
 use crate::io::credentials::{Credentials, RefreshOptions, as_entries};
 
 #[derive(Debug, thiserror::Error)]

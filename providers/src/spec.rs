@@ -69,6 +69,15 @@ impl CredentialSpec {
     }
 
     /// The provider's name as it appears in status and metrics.
+    /// The tenant's ServiceAccount whose identity the entry mints with
+    /// (`identity.serviceAccountRef`), if it names one.
+    pub fn tenant_service_account(&self) -> Option<&ServiceAccountRef> {
+        match self {
+            Self::Ecr(e) => e.identity.as_ref().map(|i| &i.service_account_ref),
+            Self::Static(_) | Self::EcrPublic(_) | Self::Gar(_) | Self::Harbor(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Static(_) => "static",

@@ -145,21 +145,6 @@ pub struct PullFailureStatus {
     pub diagnosis: Option<String>,
 }
 
-impl From<&crate::decide::pull_failures::PullFailure> for PullFailureStatus {
-    fn from(f: &crate::decide::pull_failures::PullFailure) -> Self {
-        Self {
-            namespace: f.namespace.clone(),
-            pod: f.pod.clone(),
-            image: f.image.clone(),
-            host: f.host.clone(),
-            time: crate::decide::status::rfc3339(f.time),
-            reason: f.reason.clone(),
-            detail: f.detail.clone(),
-            diagnosis: f.diagnosis.clone(),
-        }
-    }
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryStatus {
@@ -222,4 +207,10 @@ pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     let crd = serde_json::to_value(ClusterPullSecret::crd()).expect("the CRD always serializes");
     crate::api::yaml::to_string(&crd).expect("a JSON value always emits")
+}
+
+/// Times on status, as the API server writes its own: RFC 3339, whole
+/// seconds, `Z`.
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

@@ -27,7 +27,7 @@ pub const EXCLUDE_ANNOTATION: &str = "regbridge.dev/exclude";
 pub const ADDED_ANNOTATION: &str = "regbridge.dev/added-pull-secrets";
 
 /// On the composed Secret: what each credentials entry last distributed
-/// ([`crate::io::credentials::MintRecord`]s as JSON), so a new process takes it
+/// ([`crate::decide::entries::MintRecord`]s as JSON), so a new process takes it
 /// over instead of minting again.
 pub const MINTED: &str = "regbridge.dev/minted";
 

@@ -28,7 +28,17 @@ impl SelectionCache {
     /// Each resource's selection, in order (`None` where the spec does not
     /// compile), compiling only what changed; forgets resources no longer
     /// among `resources`, which is always every cached resource.
-    pub fn selections(&self, resources: &[Arc<ClusterPullSecret>]) -> Vec<Option<Arc<Selection>>> {
+    /// Each resource with its compiled selection (`None`: its spec does not
+    /// compile), compiling only what changed since the last call.
+    pub fn each(
+        &self,
+        resources: Vec<Arc<ClusterPullSecret>>,
+    ) -> Vec<(Arc<ClusterPullSecret>, Option<Arc<Selection>>)> {
+        let selections = self.selections(&resources);
+        resources.into_iter().zip(selections).collect()
+    }
+
+    fn selections(&self, resources: &[Arc<ClusterPullSecret>]) -> Vec<Option<Arc<Selection>>> {
         let mut by_name = self.by_name.lock().expect("selection cache lock");
         let out = resources
             .iter()

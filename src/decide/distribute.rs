@@ -64,6 +64,42 @@ pub enum SecretWrite {
     },
 }
 
+impl SecretWrite {
+    pub fn verb(&self) -> Verb {
+        match self {
+            Self::Create { .. } => Verb::Create,
+            Self::Update { .. } => Verb::Update,
+            Self::Delete { .. } => Verb::Delete,
+        }
+    }
+}
+
+/// What a Secret write does, for the writer's error handling and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// Whether a ServiceAccount patch adds regbridge's reference or takes it
+/// away. A retry after a conflict recomputes the patch for the same intent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reference {
+    Add,
+    Remove,
+}
+
 #[derive(Debug, PartialEq)]
 pub struct ServiceAccountWrite {
     pub namespace: String,
@@ -71,6 +107,7 @@ pub struct ServiceAccountWrite {
     /// The Secret the patch adds or removes: a retry recomputes the patch
     /// for it, and it is not always the current `secretName`.
     pub secret: String,
+    pub intent: Reference,
     pub patch: Patch,
 }
 
@@ -205,22 +242,23 @@ pub fn plan(desired: &Desired<'_>, claims: &[Claim<'_>], world: &World<'_>) -> P
         }
         for sa in accounts {
             let name = sa.name.clone();
-            let patch = if serving && desired.selection.selects_service_account(&name) {
-                add_reference(sa, desired.secret_name)
+            let write = if serving && desired.selection.selects_service_account(&name) {
+                add_reference(sa, desired.secret_name).map(|p| (Reference::Add, p))
             } else if added_by_us(sa).contains(&desired.secret_name)
                 && !rivals
                     .iter()
                     .any(|c| c.selection.selects_service_account(&name))
             {
-                remove_reference(sa, desired.secret_name)
+                remove_reference(sa, desired.secret_name).map(|p| (Reference::Remove, p))
             } else {
                 None
             };
-            if let Some(patch) = patch {
+            if let Some((intent, patch)) = write {
                 out.service_accounts.push(ServiceAccountWrite {
                     namespace: namespace.clone(),
                     name,
                     secret: desired.secret_name.into(),
+                    intent,
                     patch,
                 });
             }
@@ -280,6 +318,7 @@ fn retire_old_names(
                     namespace: namespace.clone(),
                     name: sa.name.clone(),
                     secret: name.clone(),
+                    intent: Reference::Remove,
                     patch,
                 });
             }

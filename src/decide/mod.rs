@@ -6,7 +6,10 @@
 pub mod admission;
 pub mod compose;
 pub mod distribute;
+pub mod entries;
 pub mod pull_failures;
 pub mod refresh;
 pub mod sa_patch;
 pub mod status;
+pub mod validate;
+pub mod verdicts;

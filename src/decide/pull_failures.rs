@@ -11,6 +11,8 @@ use std::collections::{HashMap, VecDeque};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::api::crd::{PullFailureStatus, rfc3339};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PullFailureError {
     #[error("image reference {image:?}: {why}")]
@@ -884,6 +886,21 @@ impl PullFailureLog {
         self.recent.insert(at, failure);
         self.recent.truncate(cap);
         true
+    }
+}
+
+impl From<&PullFailure> for PullFailureStatus {
+    fn from(f: &PullFailure) -> Self {
+        Self {
+            namespace: f.namespace.clone(),
+            pod: f.pod.clone(),
+            image: f.image.clone(),
+            host: f.host.clone(),
+            time: rfc3339(f.time),
+            reason: f.reason.clone(),
+            detail: f.detail.clone(),
+            diagnosis: f.diagnosis.clone(),
+        }
     }
 }
 

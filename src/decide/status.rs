@@ -2,15 +2,15 @@
 //! produce an equal value for an unchanged world, because a status write is
 //! itself a watch event: writing on every reconcile would loop.
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::crd::{
-    ClusterPullSecretStatus, NamespaceCounts, PullFailureStatus, RegistryStatus, VerificationStatus,
+    ClusterPullSecretStatus, NamespaceCounts, PullFailureStatus, RegistryStatus,
+    VerificationStatus, rfc3339,
 };
 use crate::decide::compose::ComposedHost;
-use crate::io::credentials::EntryReport;
+use crate::decide::entries::EntryReport;
 
 /// At most this many conflicting namespaces are listed.
 pub const MAX_LISTED_CONFLICTS: usize = 20;
@@ -19,10 +19,6 @@ pub const READY: &str = "Ready";
 pub const CREDENTIALS_READY: &str = "CredentialsReady";
 pub const DISTRIBUTED: &str = "Distributed";
 pub const VERIFIED: &str = "Verified";
-
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
 
 /// One condition's wanted state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -324,6 +320,8 @@ pub fn invalid(
 
 #[cfg(test)]
 mod tests {
+    use chrono::DateTime;
+
     use super::*;
 
     fn obs<'a>(conflicts: &'a [String]) -> Observation<'a> {

@@ -13,6 +13,7 @@ use regbridge_providers::{
 };
 
 use crate::decide::compose::{EntryCredentials, normalize_host};
+use crate::decide::entries::{Attempt, Checked, EntryReport, MintRecord};
 use crate::decide::refresh::{backoff, next_refresh, sane_expiry};
 
 /// A reconcile meant to drop an expired credential runs this long after the
@@ -39,14 +40,6 @@ struct Entry {
     /// The registry's answer per host, and for which credential (a digest),
     /// so an unchanged credential is not verified again on every read.
     verified: BTreeMap<String, Checked>,
-}
-
-/// One registry handshake's outcome.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Checked {
-    credential: u64,
-    pub verification: Verification,
-    pub at: DateTime<Utc>,
 }
 
 fn credential_digest(c: &RegistryCredential) -> u64 {
@@ -153,54 +146,6 @@ impl Entry {
         matches!(self.spec, CredentialSpec::Static(_))
             || self.next_refresh.is_none_or(|at| now >= at)
     }
-}
-
-/// One refresh attempt, for metrics and logs.
-pub struct Attempt {
-    pub provider: &'static str,
-    pub ok: bool,
-    pub elapsed: Duration,
-    /// The provider reported an expiry in the past.
-    pub clamped_expiry: bool,
-    /// The credential came back too near its expiry for the usual schedule.
-    pub short_lived: bool,
-    /// Handshakes made in this attempt: host and result.
-    pub verified: Vec<(String, &'static str)>,
-    /// The registry rejected the new credential, and it was not taken.
-    pub rejected: Option<String>,
-}
-
-/// An entry's state, for status.
-pub struct EntryReport {
-    pub index: usize,
-    pub provider: &'static str,
-    pub invalid: bool,
-    pub last_error: Option<String>,
-    pub refreshed_at: Option<DateTime<Utc>>,
-    /// `refreshed_at` is this process's first mint.
-    pub first_refresh: bool,
-    pub serving: bool,
-    /// Hosts whose last good credential has expired, with when: they are
-    /// no longer distributed.
-    pub expired: Vec<(String, DateTime<Utc>)>,
-    pub note: Option<String>,
-    pub verified: BTreeMap<String, Checked>,
-}
-
-/// What an entry last distributed, kept on the composed Secret (annotation
-/// [`crate::api::labels::MINTED`]) so a new process (a restart, a failover) can
-/// take it over instead of minting again. The credentials themselves are
-/// the Secret's own payload; this says which entry, which spec, and when.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MintRecord {
-    pub entry: usize,
-    /// The entry's spec as JSON: a record of another spec is not taken over.
-    pub spec: String,
-    pub hosts: Vec<String>,
-    pub minted_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<DateTime<Utc>>,
 }
 
 fn spec_json(spec: &CredentialSpec) -> String {

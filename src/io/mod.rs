@@ -5,4 +5,6 @@
 pub mod cluster_access;
 pub mod credentials;
 pub mod pull_feedback;
+pub mod source;
+pub mod status_patch;
 pub mod writer;

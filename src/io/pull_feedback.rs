@@ -6,21 +6,22 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tracing::debug;
 
 use crate::api::crd::{ClusterPullSecret, PullFailureStatus};
+use crate::cache::Stores;
 use crate::decide::pull_failures::{
     DETAIL_MAX, NAME_MAX, PULL_FAILURES_CAP, PullEvent, PullFailureLog, RemintGate, ResourceView,
     attribute, bounded, event_time,
 };
-use crate::reconcile::Context;
+use crate::ops::metrics::{Metrics, RegistryLabels};
 
 /// The kubelet's "Failed to pull image" Events.
 pub const FIELD_SELECTOR: &str = "involvedObject.kind=Pod,type=Warning,reason=Failed";
@@ -51,12 +52,34 @@ impl PullFeedback {
     }
 }
 
+/// What pull feedback asks of the controller when a failure is counted.
+#[async_trait]
+pub trait Respond: Send + Sync {
+    /// Says on the resource (a Warning Event) that a pull failed to
+    /// authenticate.
+    async fn announce(&self, cps: &ClusterPullSecret, note: String);
+    /// Has the entry serving `host` mint again at the resource's next
+    /// reconcile.
+    async fn remint(&self, cps: &ClusterPullSecret, host: &str);
+}
+
+/// What pull feedback reads and where it keeps its logs: the caches, a
+/// client for the pods it diagnoses, and metrics. Nothing of the
+/// controller's own state.
+pub struct Handle {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub stores: Stores,
+    pub log: Arc<PullFeedback>,
+    pub respond: Arc<dyn Respond>,
+}
+
 fn chrono_of(t: &k8s_openapi::jiff::Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
 }
 
 /// Attributes one Event; returns the resources whose status changed.
-async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecret>> {
+async fn handle(ctx: &Handle, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecret>> {
     let namespace = ev.namespace().unwrap_or_default();
     let pod = ev.involved_object.name.clone().unwrap_or_default();
     let message = ev.message.clone().unwrap_or_default();
@@ -66,24 +89,29 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
         ev.first_timestamp.as_ref().and_then(|t| chrono_of(&t.0)),
         Utc::now(),
     );
-    let ns_view = ctx.stores.namespaces.get("", &namespace);
-    let resources = ctx.stores.resources.state();
-    let selections = ctx.selections.selections(&resources);
-    let keys: Vec<(String, bool, Vec<String>)> = resources
-        .iter()
-        .zip(selections)
+    let ns_view = ctx.stores.namespace(&namespace);
+    let live: Vec<(Arc<ClusterPullSecret>, bool)> = ctx
+        .stores
+        .with_selections()
+        .into_iter()
         .filter(|(r, _)| r.metadata.deletion_timestamp.is_none())
         .map(|(r, selection)| {
-            let selects = match (selection, &ns_view) {
+            let selects = match (&selection, &ns_view) {
                 (Some(sel), Some(ns)) => sel.selects_namespace(ns),
                 _ => false,
             };
+            (r, selects)
+        })
+        .collect();
+    let keys: Vec<(String, bool, Vec<String>)> = live
+        .iter()
+        .map(|(r, selects)| {
             let hosts = r
                 .status
                 .as_ref()
                 .map(|s| s.registries.iter().map(|h| h.host.clone()).collect())
                 .unwrap_or_default();
-            (r.name_any(), selects, hosts)
+            (r.name_any(), *selects, hosts)
         })
         .collect();
     let views: Vec<ResourceView<'_>> = keys
@@ -116,14 +144,14 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
     };
     let mut changed = Vec::new();
     for mut a in attributions {
-        let Some(cps) = resources.iter().find(|r| r.name_any() == a.resource) else {
+        let Some((cps, _)) = live.iter().find(|(r, _)| r.name_any() == a.resource) else {
             continue;
         };
         a.failure.diagnosis = diagnose(ctx, &namespace, &pod, &cps.secret_name())
             .await
             .map(|d| bounded(&d, DETAIL_MAX));
         let counted = {
-            let mut logs = ctx.pull_feedback.logs.lock().expect("pull log lock");
+            let mut logs = ctx.log.logs.lock().expect("pull log lock");
             let log = logs.entry(a.resource.to_string()).or_default();
             log.record(a.failure.clone(), PULL_FAILURES_CAP)
                 .then_some(log.total)
@@ -133,31 +161,29 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
         };
         ctx.metrics
             .pull_auth_failures
-            .get_or_create(&crate::ops::metrics::RegistryLabels {
+            .get_or_create(&RegistryLabels {
                 resource: a.resource.to_string(),
                 registry: a.failure.host.clone(),
             })
             .inc();
         // A count and a host: the Event goes to `default`, where other
         // tenants may read it; which pod pulled which image is on status.
-        ctx.publish(
-            cps,
-            EventType::Warning,
-            "PullAuthFailed",
-            format!(
+        ctx.respond
+            .announce(
+                cps,
+                format!(
                 "an image pull from {} failed to authenticate: {}; failed pulls counted: {total}, the newest in status.pullFailures",
                 a.failure.host, a.auth_reason
             ),
         )
         .await;
-        let remint = ctx
-            .pull_feedback
-            .gate
-            .lock()
-            .expect("gate lock")
-            .try_trigger(a.resource, &a.failure.host, Utc::now());
+        let remint = ctx.log.gate.lock().expect("gate lock").try_trigger(
+            a.resource,
+            &a.failure.host,
+            Utc::now(),
+        );
         if remint {
-            ctx.refresh_host(cps, &a.failure.host).await;
+            ctx.respond.remint(cps, &a.failure.host).await;
         }
         changed.push(ObjectRef::from_obj(&**cps));
     }
@@ -170,7 +196,7 @@ async fn handle(ctx: &Context, ev: &CoreEvent) -> Vec<ObjectRef<ClusterPullSecre
 ///
 /// A name longer than any object name the API server accepts names no pod:
 /// it is not looked up.
-async fn diagnose(ctx: &Context, namespace: &str, pod: &str, secret: &str) -> Option<String> {
+async fn diagnose(ctx: &Handle, namespace: &str, pod: &str, secret: &str) -> Option<String> {
     if pod.len() > NAME_MAX || namespace.len() > NAME_MAX {
         return None;
     }
@@ -197,7 +223,7 @@ async fn diagnose(ctx: &Context, namespace: &str, pod: &str, secret: &str) -> Op
 /// Attributes every pull-failure Event as it arrives; yields the resources
 /// to reconcile so their status shows it.
 pub fn feedback(
-    ctx: Arc<Context>,
+    ctx: Arc<Handle>,
     events: impl Stream<Item = Result<watcher::Event<CoreEvent>, watcher::Error>> + Send + 'static,
 ) -> impl Stream<Item = ObjectRef<ClusterPullSecret>> + Send + 'static {
     events

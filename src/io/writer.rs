@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use crate::api::labels::{FIELD_MANAGER, owned_by};
 use crate::cache::index::ServiceAccountView;
-use crate::decide::distribute::{Plan, SecretWrite, ServiceAccountWrite, desired_copy};
+use crate::decide::distribute::{Reference, SecretWrite, ServiceAccountWrite, Verb, desired_copy};
 use crate::decide::sa_patch::{add_reference, added_by_us, remove_reference};
 use crate::ops::metrics::Metrics;
 
@@ -23,9 +23,9 @@ pub const SA_PATCH_ATTEMPTS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("{verb} Secret {namespace}/{name}: {source}")]
+    #[error("{} Secret {namespace}/{name}: {source}", verb.as_str())]
     Secret {
-        verb: &'static str,
+        verb: Verb,
         namespace: String,
         name: String,
         #[source]
@@ -59,7 +59,11 @@ impl WriteError {
                 namespace,
                 name,
                 source,
-            } => format!("{verb} Secret {namespace}/{name}: {}", cause(source)),
+            } => format!(
+                "{} Secret {namespace}/{name}: {}",
+                verb.as_str(),
+                cause(source)
+            ),
             Self::ServiceAccount {
                 namespace,
                 name,
@@ -129,7 +133,12 @@ fn namespace_unavailable(e: &kube::Error) -> bool {
 }
 
 impl Writer<'_> {
-    pub async fn execute(&self, plan: Plan) -> Outcome {
+    /// Carries out a plan's writes: Secrets, then ServiceAccounts.
+    pub async fn execute(
+        &self,
+        secrets: Vec<SecretWrite>,
+        service_accounts: Vec<ServiceAccountWrite>,
+    ) -> Outcome {
         // Secrets first: a create that meets a foreign Secret (which the
         // cache cannot show) must keep that namespace's ServiceAccounts from
         // being pointed at it.
@@ -138,23 +147,22 @@ impl Writer<'_> {
         // namespaces must not hold thousands of them.
         let limit = self.concurrency.max(1);
         // A failed create leaves no Secret to point at either.
-        let mut results: Vec<Done> = self.run_secrets(plan.secrets, limit).await;
+        let mut results: Vec<Done> = self.run_secrets(secrets, limit).await;
         let no_secret: HashSet<String> = results
             .iter()
             .filter_map(|r| match r {
                 Done::Foreign(ns) => Some(ns.clone()),
                 Done::Err(WriteError::Secret {
-                    verb: "create",
+                    verb: Verb::Create,
                     namespace,
                     ..
                 }) => Some(namespace.clone()),
                 _ => None,
             })
             .collect();
-        let accounts: Vec<ServiceAccountWrite> = plan
-            .service_accounts
+        let accounts: Vec<ServiceAccountWrite> = service_accounts
             .into_iter()
-            .filter(|w| !(patch_adds(&w.patch) && no_secret.contains(&w.namespace)))
+            .filter(|w| !(w.intent == Reference::Add && no_secret.contains(&w.namespace)))
             .collect();
         let accounts = self.run_accounts(accounts, limit).await;
         results.extend(accounts);
@@ -191,16 +199,14 @@ impl Writer<'_> {
     }
 
     async fn secret(&self, write: SecretWrite) -> Done {
-        let (verb, namespace, name) = match &write {
-            SecretWrite::Create { namespace } => {
-                ("create", namespace.clone(), self.secret_name.to_string())
-            }
-            SecretWrite::Update { namespace, .. } => {
-                ("update", namespace.clone(), self.secret_name.to_string())
+        let verb = write.verb();
+        let (namespace, name) = match &write {
+            SecretWrite::Create { namespace } | SecretWrite::Update { namespace, .. } => {
+                (namespace.clone(), self.secret_name.to_string())
             }
             SecretWrite::Delete {
                 namespace, name, ..
-            } => ("delete", namespace.clone(), name.clone()),
+            } => (namespace.clone(), name.clone()),
         };
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let pp = PostParams {
@@ -242,22 +248,28 @@ impl Writer<'_> {
                 api.delete(&name, &dp).await.map(|_| ())
             }
         };
-        self.metrics.write("secrets", verb, result.is_ok());
-        match result {
-            Ok(()) => Done::Ok,
+        self.metrics.write("secrets", verb.as_str(), result.is_ok());
+        let conflict = result.as_ref().err().and_then(status_code) == Some(409);
+        match (verb, result) {
+            (_, Ok(())) => Done::Ok,
             // The namespace is gone or terminating: nothing to do there.
-            Err(e) if namespace_unavailable(&e) && verb != "update" => {
-                debug!(namespace, verb, "namespace unavailable, skipped");
-                Done::Ok
-            }
-            Err(e) if verb != "create" && status_code(&e) == Some(409) => {
+            (Verb::Create | Verb::Delete, Err(e)) if namespace_unavailable(&e) => {
                 debug!(
                     namespace,
-                    verb, "resourceVersion moved on; the cache will catch up"
+                    verb = verb.as_str(),
+                    "namespace unavailable, skipped"
+                );
+                Done::Ok
+            }
+            (Verb::Update | Verb::Delete, Err(_)) if conflict => {
+                debug!(
+                    namespace,
+                    verb = verb.as_str(),
+                    "resourceVersion moved on; the cache will catch up"
                 );
                 Done::Stale
             }
-            Err(e) if verb == "create" && status_code(&e) == Some(409) => {
+            (Verb::Create, Err(_)) if conflict => {
                 match api.get_opt(&name).await {
                     Ok(Some(existing)) if !owned_by(existing.labels(), self.resource) => {
                         Done::Foreign(namespace)
@@ -272,7 +284,7 @@ impl Writer<'_> {
                     }),
                 }
             }
-            Err(source) => Done::Err(WriteError::Secret {
+            (_, Err(source)) => Done::Err(WriteError::Secret {
                 verb,
                 namespace,
                 name,
@@ -286,9 +298,9 @@ impl Writer<'_> {
             namespace,
             name,
             secret,
+            intent,
             patch,
         } = write;
-        let adding = patch_adds(&patch);
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
         let pp = PatchParams::apply(FIELD_MANAGER);
         let mut patch = patch;
@@ -315,12 +327,12 @@ impl Writer<'_> {
                             });
                         }
                     };
-                    let next = if adding {
-                        add_reference(&fresh, &secret)
-                    } else if added_by_us(&fresh).contains(&secret.as_str()) {
-                        remove_reference(&fresh, &secret)
-                    } else {
-                        None
+                    let next = match intent {
+                        Reference::Add => add_reference(&fresh, &secret),
+                        Reference::Remove if added_by_us(&fresh).contains(&secret.as_str()) => {
+                            remove_reference(&fresh, &secret)
+                        }
+                        Reference::Remove => None,
                     };
                     match next {
                         Some(p) => {
@@ -345,11 +357,4 @@ impl Writer<'_> {
         }
         Done::Err(WriteError::Contended { namespace, name })
     }
-}
-
-/// Whether the patch adds the reference (as opposed to removing it).
-fn patch_adds(patch: &json_patch::Patch) -> bool {
-    patch.0.iter().any(|op| {
-        matches!(op, json_patch::PatchOperation::Add(a) if a.path.as_str().starts_with("/imagePullSecrets"))
-    })
 }

@@ -144,12 +144,11 @@ impl Webhook {
 
     /// Every live resource with its compiled selection.
     fn targets(&self) -> Vec<Target> {
-        let resources = self.resources.state();
-        let selections = self.selections.selections(&resources);
-        let mut out: Vec<Target> = resources
-            .iter()
-            .zip(selections)
-            .filter_map(|(r, selection)| Target::of(r, selection?))
+        let mut out: Vec<Target> = self
+            .selections
+            .each(self.resources.state())
+            .into_iter()
+            .filter_map(|(r, selection)| Target::of(&r, selection?))
             .collect();
         // The store's order is arbitrary; keep decisions deterministic.
         out.sort_by(|a, b| a.secret_name.cmp(&b.secret_name));
