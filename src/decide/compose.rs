@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use regbridge_providers::RegistryCredential;
-use regbridge_providers::registry::dockerconfig;
+use regbridge_providers::registry::{dockerconfig, key};
 
 /// What one credentials entry contributed.
 pub struct EntryCredentials<'a> {
@@ -30,15 +30,14 @@ pub struct Composed {
     pub warnings: Vec<String>,
 }
 
-/// Merges entries in order. The same registry (after kubelet's key
-/// normalization) from two entries: the first wins and a warning says so.
+/// Merges entries in order. The same registry (as kubelet reads keys,
+/// [`key::same`]) from two entries: the first wins and a warning says so.
 pub fn compose(entries: &[EntryCredentials<'_>]) -> Composed {
     let mut kept: Vec<(usize, &RegistryCredential, &'static str)> = Vec::new();
     let mut warnings = Vec::new();
     for (index, entry) in entries.iter().enumerate() {
         for cred in entry.credentials {
-            let key = normalize_host(&cred.host);
-            match kept.iter().find(|(_, c, _)| normalize_host(&c.host) == key) {
+            match kept.iter().find(|(_, c, _)| key::same(&c.host, &cred.host)) {
                 Some((first, _, _)) => warnings.push(format!(
                     "registry {} from credentials[{index}] ({}) is ignored: credentials[{first}] already provides it",
                     cred.host, entry.provider
@@ -62,30 +61,6 @@ pub fn compose(entries: &[EntryCredentials<'_>]) -> Composed {
         dockerconfigjson: dockerconfig::render(&creds),
         hosts,
         warnings,
-    }
-}
-
-/// kubelet's view of a key: no scheme, no leading `/v1` or `/v2`, no
-/// trailing slash, lower case. `https://index.docker.io/v1/` and
-/// `index.docker.io` are the same registry.
-pub fn normalize_host(key: &str) -> String {
-    let without_scheme = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
-    let (host, path) = without_scheme
-        .split_once('/')
-        .unwrap_or((without_scheme, ""));
-    let path = path
-        .strip_prefix("v1")
-        .or_else(|| path.strip_prefix("v2"))
-        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
-        .unwrap_or(path)
-        .trim_matches('/');
-    if path.is_empty() {
-        host.to_ascii_lowercase()
-    } else {
-        format!("{}/{}", host.to_ascii_lowercase(), path)
     }
 }
 
@@ -165,16 +140,21 @@ mod tests {
     }
 
     #[test]
-    fn normalization_matches_kubelet() {
-        assert_eq!(
-            normalize_host("https://index.docker.io/v1/"),
-            "index.docker.io"
-        );
-        assert_eq!(
-            normalize_host("Registry.Example:5000"),
-            "registry.example:5000"
-        );
-        assert_eq!(normalize_host("http://r.io/v2/team"), "r.io/team");
-        assert_eq!(normalize_host("r.io/v10"), "r.io/v10");
+    fn keys_kubelet_keeps_apart_are_both_kept() {
+        // `/v1` without its slash is a path to kubelet, and case is kept.
+        let first = [cred("index.docker.io", "a"), cred("Reg.example", "b")];
+        let second = [cred("index.docker.io/v1", "c"), cred("reg.example", "d")];
+        let out = compose(&[
+            EntryCredentials {
+                provider: "static",
+                credentials: &first,
+            },
+            EntryCredentials {
+                provider: "static",
+                credentials: &second,
+            },
+        ]);
+        assert_eq!(out.hosts.len(), 4);
+        assert!(out.warnings.is_empty());
     }
 }

@@ -11,6 +11,8 @@ use std::collections::{HashMap, VecDeque};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use regbridge_providers::registry::key::{self, Location};
+
 use crate::api::crd::{PullFailureStatus, rfc3339};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -149,16 +151,16 @@ impl ImageRef {
 pub fn matching_key<'a>(image: &str, keys: &'a [String]) -> Option<&'a str> {
     let target = ImageRef::parse(image).ok()?;
     let target_name = target.name();
-    let target_url = SchemelessUrl::parse(&target_name);
+    let target_url = Location::parse(&target_name);
     let mut normalised: Vec<(String, &'a str)> = keys
         .iter()
-        .filter_map(|k| keyring_key(k).map(|n| (n, k.as_str())))
+        .filter_map(|k| key::normalize(k).map(|n| (n, k.as_str())))
         .collect();
     // Stable, so of two keys that normalise alike the first listed wins.
     normalised.sort_by(|a, b| b.0.cmp(&a.0));
     normalised
         .iter()
-        .find(|(n, _)| urls_match(&SchemelessUrl::parse(n), &target_url))
+        .find(|(n, _)| urls_match(&Location::parse(n), &target_url))
         .or_else(|| {
             (target.domain == DOCKER_HUB_DOMAIN)
                 .then(|| normalised.iter().find(|(n, _)| n == "index.docker.io"))
@@ -167,67 +169,7 @@ pub fn matching_key<'a>(image: &str, keys: &'a [String]) -> Option<&'a str> {
         .map(|(_, original)| *original)
 }
 
-/// kubelet's keyring index key for a dockerconfigjson key: scheme dropped,
-/// a leading `/v1/` or `/v2/` dropped, a bare `/` path dropped. Note that
-/// `/v1` without the trailing slash stays a path, as in kubelet.
-pub fn keyring_key(key: &str) -> Option<String> {
-    let rest = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
-    let url = SchemelessUrl::parse(rest);
-    if url.host.is_empty() {
-        return None;
-    }
-    let path = url
-        .path
-        .strip_prefix("/v2/")
-        .or_else(|| url.path.strip_prefix("/v1/"))
-        .map(|p| format!("/{p}"))
-        .unwrap_or_else(|| url.path.to_string());
-    Some(if path.is_empty() || path == "/" {
-        url.host.to_string()
-    } else {
-        format!("{}{}", url.host, path)
-    })
-}
-
-/// The two parts of a scheme-less URL that matching reads. Userinfo is
-/// dropped, as Go's `url.Parse` keeps it out of `Host`.
-struct SchemelessUrl<'a> {
-    host: &'a str,
-    path: &'a str,
-}
-
-impl<'a> SchemelessUrl<'a> {
-    fn parse(s: &'a str) -> Self {
-        let s = s.split(['?', '#']).next().unwrap_or_default();
-        let (authority, path) = match s.find('/') {
-            Some(i) => (&s[..i], &s[i..]),
-            None => (s, ""),
-        };
-        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        Self { host, path }
-    }
-
-    /// Go's `net.SplitHostPort`, falling back to the whole host with no
-    /// port when it does not parse, as kubelet's `SplitURL` does.
-    fn labels_and_port(&self) -> (Vec<&'a str>, &'a str) {
-        let (host, port) = split_host_port(self.host).unwrap_or((self.host, ""));
-        (host.split('.').collect(), port)
-    }
-}
-
-fn split_host_port(hostport: &str) -> Option<(&str, &str)> {
-    if let Some(rest) = hostport.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        return Some((host, after.strip_prefix(':')?));
-    }
-    let (host, port) = hostport.rsplit_once(':')?;
-    (!host.contains(':')).then_some((host, port))
-}
-
-fn urls_match(glob: &SchemelessUrl<'_>, target: &SchemelessUrl<'_>) -> bool {
+fn urls_match(glob: &Location<'_>, target: &Location<'_>) -> bool {
     let (glob_labels, glob_port) = glob.labels_and_port();
     let (target_labels, target_port) = target.labels_and_port();
     glob_port == target_port
@@ -1022,7 +964,7 @@ mod tests {
         // kubelet strips "/v1/" only with its trailing slash; "/v1" stays a
         // path and no Docker Hub image starts with it.
         assert_eq!(
-            keyring_key("index.docker.io/v1").as_deref(),
+            key::normalize("index.docker.io/v1").as_deref(),
             Some("index.docker.io/v1")
         );
         assert_eq!(matching_key("nginx", &keys(&["index.docker.io/v1"])), None);
@@ -1039,19 +981,120 @@ mod tests {
     #[test]
     fn scheme_and_v2_prefix_are_dropped_from_keys() {
         assert_eq!(
-            keyring_key("https://reg.example/v2/").as_deref(),
+            key::normalize("https://reg.example/v2/").as_deref(),
             Some("reg.example")
         );
         assert_eq!(
-            keyring_key("http://reg.example/v1/team").as_deref(),
+            key::normalize("http://reg.example/v1/team").as_deref(),
             Some("reg.example/team")
         );
-        assert_eq!(keyring_key("reg.example/").as_deref(), Some("reg.example"));
+        assert_eq!(
+            key::normalize("reg.example/").as_deref(),
+            Some("reg.example")
+        );
         let k = keys(&["https://reg.example/v2/"]);
         assert_eq!(
             matching_key("reg.example/app:1", &k),
             Some("https://reg.example/v2/")
         );
+    }
+
+    /// kubelet's `TestURLsMatch` cases (`keyring_test.go`), glob key against
+    /// the image's `domain/path`.
+    #[test]
+    fn urls_match_as_in_kubelets_table() {
+        let table = [
+            ("*.kubernetes.io", "prefix.kubernetes.io", true),
+            ("prefix.*.io", "prefix.kubernetes.io", true),
+            ("prefix.kubernetes.*", "prefix.kubernetes.io", true),
+            ("*-good.kubernetes.io", "prefix-good.kubernetes.io", true),
+            ("*.kubernetes.io/blah", "prefix.kubernetes.io/blah", true),
+            ("prefix.*.io/foo", "prefix.kubernetes.io/foo/bar", true),
+            (
+                "*.kubernetes.io:1111/blah",
+                "prefix.kubernetes.io:1111/blah",
+                true,
+            ),
+            (
+                "prefix.*.io:1111/foo",
+                "prefix.kubernetes.io:1111/foo/bar",
+                true,
+            ),
+            ("*.kubernetes.io", "kubernetes.io", false),
+            ("*.*.kubernetes.io", "prefix.kubernetes.io", false),
+            ("*.*.kubernetes.io", "kubernetes.io", false),
+            ("kubernetes.io", "kubernetes.com", false),
+            ("k*.io", "quay.io", false),
+            (
+                "*.kubernetes.io:1234/blah",
+                "prefix.kubernetes.io:1111/blah",
+                false,
+            ),
+            (
+                "prefix.*.io/foo",
+                "prefix.kubernetes.io:1111/foo/bar",
+                false,
+            ),
+        ];
+        for (glob, target, want) in table {
+            let got = urls_match(&Location::parse(glob), &Location::parse(target));
+            assert_eq!(got, want, "{glob} against {target}");
+        }
+    }
+
+    /// kubelet's `TestDockerKeyringForGlob` and `TestKeyringMiss`: a key,
+    /// and an image under `/foo/bar` it must (or must not) serve.
+    #[test]
+    fn keys_serve_images_as_in_kubelets_keyring_tests() {
+        let hits = [
+            ("https://hello.kubernetes.io", "hello.kubernetes.io"),
+            ("https://*.docker.io", "prefix.docker.io"),
+            ("https://prefix.*.io", "prefix.docker.io"),
+            ("https://prefix.docker.*", "prefix.docker.io"),
+            ("https://*.docker.io/path", "prefix.docker.io/path"),
+            ("https://prefix.*.io/path", "prefix.docker.io/path/subpath"),
+            ("https://prefix.docker.*/path", "prefix.docker.io/path"),
+            ("https://*.docker.io:8888", "prefix.docker.io:8888"),
+            ("https://prefix.*.io:8888", "prefix.docker.io:8888"),
+            ("https://prefix.docker.*:8888", "prefix.docker.io:8888"),
+            ("https://*.docker.io/v1/", "prefix.docker.io/path"),
+            ("https://*.docker.io/v2/", "prefix.docker.io/path"),
+            ("prefix.docker.io:1111", "prefix.docker.io:1111/path"),
+            ("*.docker.io:1111", "prefix.docker.io:1111/path"),
+        ];
+        for (key, image) in hits {
+            let image = format!("{image}/foo/bar");
+            assert!(
+                matching_key(&image, &keys(&[key])).is_some(),
+                "{key} should serve {image}"
+            );
+        }
+        let misses = [
+            ("https://hello.kubernetes.io", "world.mesos.org/foo/bar"),
+            ("https://*.docker.com", "prefix.docker.io"),
+            ("https://suffix.*.io", "prefix.docker.io"),
+            ("https://prefix.docker.c*", "prefix.docker.io"),
+            ("suffix.*.io", "prefix.docker.io"),
+            ("https://index.docker.io/v1/", "world.mesos.org/foo/bar"),
+        ];
+        for (key, image) in misses {
+            let image = format!("{image}/foo/bar");
+            assert!(
+                matching_key(&image, &keys(&[key])).is_none(),
+                "{key} should not serve {image}"
+            );
+        }
+        // Docker Hub's default key serves unqualified and qualified Hub images.
+        for image in [
+            "google/docker-registry",
+            "jenkins",
+            "index.docker.io/google/docker-registry",
+        ] {
+            assert!(
+                matching_key(image, &keys(&["https://index.docker.io/v1/"])).is_some(),
+                "{image}"
+            );
+        }
     }
 
     #[test]

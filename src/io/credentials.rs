@@ -12,7 +12,9 @@ use regbridge_providers::{
     BuildContext, Cluster, Provider, ProviderError, RegistryCredential, Verification, Verifier,
 };
 
-use crate::decide::compose::{EntryCredentials, normalize_host};
+use regbridge_providers::registry::key;
+
+use crate::decide::compose::EntryCredentials;
 use crate::decide::entries::{Attempt, Checked, EntryReport, MintRecord};
 use crate::decide::refresh::{backoff, next_refresh, sane_expiry};
 
@@ -477,12 +479,10 @@ impl Credentials {
     ///
     /// [`compose`]: crate::decide::compose::compose
     pub fn refresh_host(&mut self, host: &str) -> bool {
-        let wanted = normalize_host(host);
-        let serving = self.entries.iter_mut().find(|e| {
-            e.last_good
-                .iter()
-                .any(|c| normalize_host(&c.host) == wanted)
-        });
+        let serving = self
+            .entries
+            .iter_mut()
+            .find(|e| e.last_good.iter().any(|c| key::same(&c.host, host)));
         match serving {
             Some(e) => {
                 e.next_refresh = None;
@@ -972,8 +972,10 @@ mod tests {
         a.lock().unwrap().push_back(Ok(vec![ecr(a_host, "a1")]));
         b.lock().unwrap().push_back(Ok(vec![ecr(b_host, "b1")]));
         assert_eq!(tick(&mut c, t0()).await.len(), 2);
-        // A failure names the key as the Secret has it, or as kubelet reads it.
-        assert!(c.refresh_host("222.DKR.ecr.eu-west-1.amazonaws.com/v2/"));
+        // A failure names the key as the Secret has it, or as kubelet reads
+        // it; kubelet keeps case, so a host in other case is another key.
+        assert!(!c.refresh_host("222.DKR.ecr.eu-west-1.amazonaws.com"));
+        assert!(c.refresh_host("https://222.dkr.ecr.eu-west-1.amazonaws.com/v2/"));
         b.lock().unwrap().push_back(Ok(vec![ecr(b_host, "b2")]));
         let later = t0() + TimeDelta::minutes(1);
         let attempts = tick(&mut c, later).await;

@@ -16,7 +16,8 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use super::{Context, Error, ResourceState, report};
+use super::context::{Context, Error, ResourceState};
+use super::report;
 use crate::api::crd::{ClusterPullSecret, VerifyPolicy};
 use crate::cache::selection::Selection;
 use crate::decide::compose::compose;

@@ -11,7 +11,7 @@ use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
 use super::apply::distribute;
-use super::{Context, Error};
+use super::context::{Context, Error};
 use crate::api::crd::ClusterPullSecret;
 use crate::cache::selection::Selection;
 use crate::decide::status;

@@ -5,11 +5,11 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use kube::runtime::events::{Event, EventType};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
-use super::Context;
+use super::context::Context;
 use crate::api::crd::ClusterPullSecret;
 use crate::decide::compose::Composed;
 use crate::decide::entries::Attempt;
@@ -18,27 +18,6 @@ use crate::decide::verdicts::{self, Distribution, Written};
 use crate::ops::metrics::{
     CredentialLabels, NamespaceLabels, RefreshLabels, ResourceLabels, VerificationLabels,
 };
-
-impl Context {
-    pub(super) async fn publish(
-        &self,
-        cps: &ClusterPullSecret,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &cps.object_ref(&())).await {
-            warn!(resource = %cps.name_any(), error = %e, "publishing Event failed");
-        }
-    }
-}
 
 /// Each mint attempt: its count and duration, its handshakes, and an Event
 /// when the registry refused the new credential.

@@ -15,7 +15,8 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use regbridge_providers::Verifier;
 
-use super::{Config, Context, error_policy, reconcile};
+use super::context::{Config, Context};
+use super::entry::{error_policy, reconcile};
 use crate::api::crd::ClusterPullSecret;
 use crate::api::labels::{RESOURCE, managed_selector};
 use crate::cache::Stores;

@@ -54,6 +54,7 @@ use base64::engine::general_purpose::STANDARD;
 use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{StatusCode, Url};
 
+use super::key::Key;
 use crate::RegistryCredential;
 use crate::trust::Trust;
 
@@ -420,28 +421,17 @@ impl Target {
     /// kubelet's reading of a key, plus Docker Hub's API host. The error is a
     /// reason for `Unreachable`.
     fn parse(key: &str) -> Result<Self, String> {
-        let key = key.trim();
-        let (plain_http, rest) = match (key.get(..7), key.get(..8)) {
-            (_, Some(s)) if s.eq_ignore_ascii_case("https://") => (false, &key[8..]),
-            (Some(s), _) if s.eq_ignore_ascii_case("http://") => (true, &key[7..]),
-            _ => (false, key),
-        };
-        let authority = rest
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        if authority.is_empty() {
-            return Err("the key names no host".into());
-        }
-        if authority.contains('@') {
+        let key = Key::parse(key).ok_or("the key names no host")?;
+        if key.userinfo {
             return Err("the key carries user information; it names no plain host".into());
         }
+        let authority = key.host.to_ascii_lowercase();
         if authority.contains('*') {
             return Err(format!(
                 "{authority} is a wildcard key, which names no single host to ask"
             ));
         }
+        let plain_http = key.plain_http;
         let authority = match authority.as_str() {
             "index.docker.io" | "docker.io" => DOCKER_HUB_API.to_owned(),
             _ => authority,
