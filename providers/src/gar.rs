@@ -3,6 +3,10 @@
 //! the password, written once per listed host. The expiry is the token's.
 //!
 //! Where the token comes from:
+//! - `identity`: the tenant's ServiceAccount, through Workload Identity
+//!   Federation (Google STS, then optionally `generateAccessToken` for
+//!   `googleServiceAccount`); see `gar/federation.rs`. Never the controller's
+//!   own identity, even when the tenant's path fails.
 //! - `keySecretRef`: the service-account key in the Secret's `key.json`,
 //!   through `gcp_auth`'s JWT-bearer flow against the key's `token_uri`. A
 //!   fresh `gcp_auth` provider per mint, because a kept one hands back its
@@ -18,6 +22,8 @@
 //!   `GCE_METADATA_HOST` is set and the default host cannot be reached at all
 //!   (not on Google Cloud) does it fall back to `gcp_auth`'s chain, for
 //!   `gcloud` user credentials.
+
+mod federation;
 
 use std::time::Duration;
 
@@ -68,6 +74,14 @@ impl GarProvider {
                     .into(),
             ));
         }
+        if let Some(identity) = &spec.identity {
+            if spec.key_secret_ref.is_some() {
+                return Err(ProviderError::InvalidSpec(
+                    "gar: set identity or keySecretRef, not both".into(),
+                ));
+            }
+            federation::check(identity)?;
+        }
         let http = ctx
             .trust
             .client_builder()
@@ -85,9 +99,13 @@ impl GarProvider {
         &self,
         cluster: &dyn Cluster,
     ) -> Result<Vec<RegistryCredential>, ProviderError> {
-        let token = match &self.spec.key_secret_ref {
-            Some(r) => key_token(cluster, r).await?,
-            None => self.ambient_token().await?,
+        let token = match (&self.spec.identity, &self.spec.key_secret_ref) {
+            (Some(identity), _) => {
+                federation::tenant_token(&self.http, self.timeout.as_secs(), cluster, identity)
+                    .await?
+            }
+            (None, Some(r)) => key_token(cluster, r).await?,
+            (None, None) => self.ambient_token().await?,
         };
         Ok(self
             .spec
@@ -183,9 +201,18 @@ impl GarProvider {
             })?;
         Ok(AccessToken {
             value: Redacted::new(t.access_token),
-            expires_at: Utc::now() + chrono::Duration::seconds(t.expires_in),
+            expires_at: expiry_in(t.expires_in).ok_or_else(|| ProviderError::Malformed {
+                what: format!("{NAME}: {what}"),
+                reason: "expires_in is out of range".into(),
+            })?,
         })
     }
+}
+
+/// Now plus a lifetime in seconds that a server reported; `None` when it
+/// does not fit.
+fn expiry_in(seconds: i64) -> Option<DateTime<Utc>> {
+    Utc::now().checked_add_signed(chrono::TimeDelta::try_seconds(seconds)?)
 }
 
 /// Nothing listened at the metadata host.

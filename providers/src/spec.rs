@@ -37,8 +37,8 @@ pub enum CredentialSpec {
     Ecr(EcrSpec),
     /// AWS ECR Public (`public.ecr.aws`), through the us-east-1 API.
     EcrPublic(EcrPublicSpec),
-    /// Google Artifact Registry and GCR, through Workload Identity / ADC or a
-    /// service-account key.
+    /// Google Artifact Registry and GCR, through Workload Identity / ADC, a
+    /// service-account key, or a tenant's ServiceAccount (`identity`).
     Gar(GarSpec),
     /// A Harbor robot account that regbridge creates and rotates itself.
     Harbor(HarborSpec),
@@ -165,6 +165,9 @@ pub struct EcrPublicSpec {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.identity) || !has(self.keySecretRef)", "message": "set identity or keySecretRef, not both: the token comes from the tenant's ServiceAccount or from the key"}
+]))]
 pub struct GarSpec {
     /// Hosts the token is written for, e.g. `europe-west1-docker.pkg.dev`,
     /// `gcr.io`. The token is not bound to a host, so they must be listed.
@@ -173,10 +176,51 @@ pub struct GarSpec {
     /// Identity / Application Default Credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_secret_ref: Option<SecretRef>,
+    /// Use this ServiceAccount's identity instead of the controller's,
+    /// through Workload Identity Federation (excludes `keySecretRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<GarIdentitySpec>,
     /// A Secret with `ca.crt`, trusted besides the system store when this
     /// entry's registries are verified. For registries behind a private CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretRef>,
+}
+
+/// Per-tenant Google identity: the controller requests a short-lived token
+/// for this ServiceAccount (TokenRequest API), exchanges it at Google STS for
+/// a federated access token of the workload identity pool, and, with
+/// `googleServiceAccount`, exchanges that for the Google service account's
+/// token (`generateAccessToken`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.audience.startsWith('//') || self.audience.startsWith('identitynamespace:')", "message": "audience is a workload identity pool provider, //iam.googleapis.com/projects/PROJECT_NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER, or on GKE identitynamespace:PROJECT_ID.svc.id.goog:https://container.googleapis.com/v1/projects/PROJECT_ID/locations/LOCATION/clusters/CLUSTER"}
+]))]
+pub struct GarIdentitySpec {
+    /// The tenant's ServiceAccount.
+    pub service_account_ref: ServiceAccountRef,
+    /// The audience of the token exchange at Google STS: the workload
+    /// identity pool provider,
+    /// `//iam.googleapis.com/projects/PROJECT_NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER`.
+    /// With the GKE cluster's own pool:
+    /// `identitynamespace:PROJECT_ID.svc.id.goog:https://container.googleapis.com/v1/projects/PROJECT_ID/locations/LOCATION/clusters/CLUSTER`.
+    #[schemars(length(min = 1, max = 512))]
+    pub audience: String,
+    /// The audience of the ServiceAccount token. Default: for
+    /// `identitynamespace:POOL:PROVIDER`, `POOL` (`PROJECT_ID.svc.id.goog`);
+    /// otherwise `audience` itself, which a provider without allowed
+    /// audiences accepts. Set it when the provider lists its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub token_audience: Option<String>,
+    /// Email of a Google service account to impersonate, e.g.
+    /// `team-a-puller@PROJECT_ID.iam.gserviceaccount.com`. The federated
+    /// identity needs `roles/iam.workloadIdentityUser` on it. Without it the
+    /// federated token itself is the password, so the registry roles must be
+    /// granted to the federated principal directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[^@/?#%\s]+@[^@/?#%\s]+$"), length(max = 254))]
+    pub google_service_account: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
