@@ -182,5 +182,31 @@ async fn per_tenant_gar_credential_carries_the_tenants_identity_and_a_missing_sa
         );
         assert_eq!(g.metadata_requests, 0);
     }
+
+    // A resource for team-c that names team-a's ServiceAccount is refused
+    // before anything is minted: a tenant's identity serves only the
+    // namespaces its resource selects.
+    let sts_calls = google.lock().unwrap().sts_log.len();
+    let mut stolen = tenant_spec("team-c");
+    stolen["credentials"][0]["gar"]["identity"]["serviceAccountRef"]["namespace"] = json!("team-a");
+    stolen["secretName"] = json!("stolen-pull");
+    h.create_resource("team-c-stolen", stolen);
+    wait_for("team-c's resource refused", T, || {
+        h.condition("team-c-stolen", "Ready")
+            == Some(("False".into(), "IdentityNotSelected".into()))
+    })
+    .await;
+    let message = condition_message(&h, "team-c-stolen", "Ready").unwrap();
+    assert!(message.contains("team-a/puller"), "{message}");
+    assert!(h.secret("team-c", "stolen-pull").is_none());
+    assert!(
+        h.secret("regbridge", "team-c-stolen").is_none(),
+        "nothing composed"
+    );
+    assert_eq!(
+        google.lock().unwrap().sts_log.len(),
+        sts_calls,
+        "nothing was exchanged for it"
+    );
     h.stop().await;
 }

@@ -74,7 +74,8 @@ impl CredentialSpec {
     pub fn tenant_service_account(&self) -> Option<&ServiceAccountRef> {
         match self {
             Self::Ecr(e) => e.identity.as_ref().map(|i| &i.service_account_ref),
-            Self::Static(_) | Self::EcrPublic(_) | Self::Gar(_) | Self::Harbor(_) => None,
+            Self::Gar(g) => g.identity.as_ref().map(|i| &i.service_account_ref),
+            Self::Static(_) | Self::EcrPublic(_) | Self::Harbor(_) => None,
         }
     }
 
