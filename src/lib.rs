@@ -17,10 +17,10 @@
 pub mod api;
 pub mod cache;
 pub mod cli;
-pub mod decide;
+pub(crate) mod decide;
 #[cfg(test)]
 mod fixtures;
-pub mod io;
+pub(crate) mod io;
 pub mod mint;
 pub mod ops;
 pub mod reconcile;

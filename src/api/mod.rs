@@ -3,5 +3,5 @@
 //! Everything else may depend on this; it depends on nothing in the crate.
 
 pub mod crd;
-pub mod labels;
-pub mod yaml;
+pub(crate) mod labels;
+pub(crate) mod yaml;

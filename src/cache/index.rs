@@ -101,7 +101,7 @@ pub struct SecretView {
 
 /// The digest [`SecretView::content`] holds, for a Secret of `type_` whose
 /// data is `data` (sorted by key).
-pub fn content_digest<'a>(
+pub(crate) fn content_digest<'a>(
     type_: Option<&str>,
     data: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> u64 {

@@ -5,8 +5,8 @@
 
 pub mod index;
 pub mod selection;
-pub mod selections;
-pub mod watches;
+pub(crate) mod selections;
+pub(crate) mod watches;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crate::cache::selections::SelectionCache;
 
 /// Every cache the controller reads, cheap to clone into watch closures.
 #[derive(Clone)]
-pub struct Stores {
+pub(crate) struct Stores {
     pub resources: Store<ClusterPullSecret>,
     pub namespaces: Index<NamespaceView>,
     pub service_accounts: Index<ServiceAccountView>,
@@ -34,7 +34,7 @@ pub struct Stores {
 
 /// One reconcile's frozen view of namespaces, ServiceAccounts and managed
 /// Secrets, in the shapes the planner reads.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub namespaces: Vec<Arc<NamespaceView>>,
     pub service_accounts: HashMap<String, Vec<Arc<ServiceAccountView>>>,
     pub managed: HashMap<(String, String), Arc<SecretView>>,

@@ -18,7 +18,6 @@ use regbridge_providers::registry::dockerconfig::{DATA_KEY, SECRET_TYPE};
 
 /// What another resource claims, for conflicts and shared references.
 pub struct Claim<'a> {
-    pub resource: &'a str,
     pub secret_name: &'a str,
     pub selection: &'a Selection,
     /// Whether it was created before the resource being planned (by
@@ -122,6 +121,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.secrets.is_empty() && self.service_accounts.is_empty()
     }
@@ -502,7 +502,6 @@ mod tests {
             );
         let sel = selection(&["default"]);
         let rival = Claim {
-            resource: "older",
             secret_name: "regcred",
             selection: &sel,
             older: true,
@@ -605,7 +604,6 @@ mod tests {
         let sel = selection(&["default"]);
         let theirs = selection(&["default"]);
         let claims = [Claim {
-            resource: "other",
             secret_name: "old-name",
             selection: &theirs,
             older: false,

@@ -44,7 +44,6 @@ pub struct EntryReport {
     pub refreshed_at: Option<DateTime<Utc>>,
     /// `refreshed_at` is this process's first mint.
     pub first_refresh: bool,
-    pub serving: bool,
     /// Hosts whose last good credential has expired, with when: they are
     /// no longer distributed.
     pub expired: Vec<(String, DateTime<Utc>)>,

@@ -330,12 +330,6 @@ pub enum PullErrorClass {
     Other,
 }
 
-impl PullErrorClass {
-    pub fn counts(self) -> bool {
-        matches!(self, Self::AuthFailure { .. })
-    }
-}
-
 /// The image and the runtime's error from a kubelet message of the form
 /// `Failed to pull image "<image>": <error>` (kubelet
 /// `pkg/kubelet/images/image_manager.go`). Other `Failed` Events
@@ -1380,9 +1374,10 @@ mod tests {
 
     #[test]
     fn not_found_is_not_counted() {
-        assert!(
-            !classify("failed to resolve reference \"r.io/a:1\": r.io/a:1: not found").counts()
-        );
+        assert!(!matches!(
+            classify("failed to resolve reference \"r.io/a:1\": r.io/a:1: not found"),
+            PullErrorClass::AuthFailure { .. }
+        ));
     }
 
     #[test]

@@ -206,7 +206,6 @@ mod tests {
             last_error: None,
             refreshed_at: None,
             first_refresh: false,
-            serving: true,
             expired: Vec::new(),
             note: None,
             verified: BTreeMap::new(),

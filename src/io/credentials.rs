@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use regbridge_providers::spec::CredentialSpec;
 use regbridge_providers::{
-    BuildContext, Cluster, Provider, ProviderError, RegistryCredential, Verification, Verifier,
+    BuildContext, Cluster, Provider, ProviderError, RegistryCredential, TrustError, Verification,
+    Verifier, VerifyError,
 };
 
 use regbridge_providers::registry::key;
@@ -48,6 +49,16 @@ fn credential_digest(c: &RegistryCredential) -> u64 {
     let mut h = DefaultHasher::new();
     (&c.username, c.password.expose()).hash(&mut h);
     h.finish()
+}
+
+/// An entry's own CA (`caSecretRef`) could not be read or used: the entry
+/// stops until its Secret is fixed.
+#[derive(Debug, thiserror::Error)]
+enum EntryTrustError {
+    #[error(transparent)]
+    Read(#[from] TrustError),
+    #[error(transparent)]
+    Client(#[from] VerifyError),
 }
 
 /// How a refresh treats new credentials.
@@ -90,16 +101,12 @@ impl Entry {
         &self,
         shared: &Verifier,
         cluster: &dyn Cluster,
-    ) -> Result<Verifier, String> {
+    ) -> Result<Verifier, EntryTrustError> {
         let Some(reference) = self.spec.ca_secret_ref() else {
             return Ok(shared.clone());
         };
-        let trust = shared
-            .trust()
-            .with_secret(cluster, reference)
-            .await
-            .map_err(|e| e.to_string())?;
-        shared.with_trust(trust).map_err(|e| e.to_string())
+        let trust = shared.trust().with_secret(cluster, reference).await?;
+        Ok(shared.with_trust(trust)?)
     }
 
     /// Verifies what changed since the last handshake; returns the first
@@ -344,11 +351,11 @@ impl Credentials {
                     if let Some(shared) = options.verifier {
                         let verifier = match entry.verifier_for(shared, cluster).await {
                             Ok(v) => v,
-                            Err(message) => {
+                            Err(e) => {
                                 attempt.ok = false;
                                 entry.failures += 1;
                                 entry.invalid = true;
-                                entry.last_error = Some(message);
+                                entry.last_error = Some(e.to_string());
                                 attempts.push(attempt);
                                 continue;
                             }
@@ -455,10 +462,6 @@ impl Credentials {
                 last_error: e.last_error.clone(),
                 refreshed_at: e.refreshed_at,
                 first_refresh: e.first_refresh,
-                serving: e
-                    .last_good
-                    .iter()
-                    .any(|c| c.expires_at.is_none_or(|exp| exp > now)),
                 expired: e
                     .last_good
                     .iter()
@@ -646,7 +649,7 @@ mod tests {
             "still served after a failed refresh"
         );
         let report = &c.reports(at)[0];
-        assert!(report.serving && !report.invalid);
+        assert!(!report.invalid);
         assert!(report.last_error.as_deref().unwrap().contains("throttled"));
         // Backoff: 5 s, then 10 s.
         assert_eq!(
@@ -659,7 +662,7 @@ mod tests {
         let later = expires + TimeDelta::seconds(1);
         tick(&mut c, later).await;
         assert!(c.current(later)[0].1.is_empty());
-        assert!(!c.reports(later)[0].serving);
+        assert_eq!(c.reports(later)[0].expired.len(), 1);
     }
 
     #[tokio::test]
@@ -816,7 +819,6 @@ mod tests {
         );
         assert!(c.current(now)[0].1.is_empty());
         let report = &c.reports(now)[0];
-        assert!(!report.serving);
         assert_eq!(report.expired.len(), 1);
         assert!(report.last_error.as_deref().unwrap().contains("throttled"));
     }

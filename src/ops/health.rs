@@ -19,7 +19,7 @@ use axum::routing::get;
 
 use crate::ops::metrics::Metrics;
 
-pub const STUCK_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const STUCK_AFTER: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub struct Health {

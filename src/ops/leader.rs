@@ -32,6 +32,16 @@ pub fn default_identity() -> String {
     format!("{host}_{}", uuid::Uuid::new_v4())
 }
 
+/// The Lease could not be set up; leadership was never sought.
+#[derive(Debug, thiserror::Error)]
+#[error("setting up Lease {namespace}/{lease}: {source}")]
+pub struct LeaderError {
+    namespace: String,
+    lease: String,
+    #[source]
+    source: kube_lease_manager::LeaseManagerError,
+}
+
 /// Writes stop this long before the Lease could lapse for other replicas.
 const FENCE_MARGIN: Duration = Duration::from_secs(2);
 
@@ -51,7 +61,7 @@ pub async fn while_leader<F, Fut>(
     identity: &str,
     health: &Health,
     mut work: F,
-) -> anyhow::Result<()>
+) -> Result<(), LeaderError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
@@ -63,7 +73,12 @@ where
         .with_grace(LEASE_GRACE)
         .with_field_manager(FIELD_MANAGER)
         .build()
-        .await?;
+        .await
+        .map_err(|source| LeaderError {
+            namespace: namespace.to_owned(),
+            lease: lease.to_owned(),
+            source,
+        })?;
     let (mut leading, task) = manager.watch().await;
     let (held_until, mut fence) = tokio::sync::watch::channel(None);
     let confirming = tokio::spawn(confirm(
@@ -78,10 +93,16 @@ where
         while !(*leading.borrow_and_update() && held(&fence.borrow_and_update())) {
             tokio::select! {
                 changed = leading.changed() => if changed.is_err() {
-                    return finish(task, confirming);
+                    {
+                    finish(task, confirming);
+                    return Ok(());
+                }
                 },
                 changed = fence.changed() => if changed.is_err() {
-                    return finish(task, confirming);
+                    {
+                    finish(task, confirming);
+                    return Ok(());
+                }
                 },
             }
         }
@@ -95,7 +116,10 @@ where
             }
         };
         tokio::select! {
-            _ = work() => return finish(task, confirming),
+            _ = work() => {
+                finish(task, confirming);
+                return Ok(());
+            }
             _ = lost => warn!(identity, "lost leadership; stopping writes"),
             _ = fenced(&mut fence) => warn!(identity, "the Lease was not renewed in time; stopping writes until it is"),
         }
@@ -154,8 +178,7 @@ async fn confirm(
 fn finish(
     task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
     confirming: tokio::task::JoinHandle<()>,
-) -> anyhow::Result<()> {
+) {
     task.abort();
     confirming.abort();
-    Ok(())
 }

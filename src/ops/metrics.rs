@@ -32,12 +32,12 @@ pub struct ReconcileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResourceLabels {
+pub(crate) struct ResourceLabels {
     pub resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WriteLabels {
+pub(crate) struct WriteLabels {
     /// The API kind written: `secrets`, `serviceaccounts`, `clusterpullsecrets`.
     pub kind: &'static str,
     pub verb: &'static str,
@@ -45,32 +45,32 @@ pub struct WriteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct NamespaceLabels {
+pub(crate) struct NamespaceLabels {
     pub resource: String,
     /// `selected`, `synced` or `conflicting`.
     pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WatchLabels {
+pub(crate) struct WatchLabels {
     pub watch: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CredentialLabels {
+pub(crate) struct CredentialLabels {
     pub resource: String,
     pub registry: String,
     pub provider: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RegistryLabels {
+pub(crate) struct RegistryLabels {
     pub resource: String,
     pub registry: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VerificationLabels {
+pub(crate) struct VerificationLabels {
     pub resource: String,
     pub registry: String,
     /// `Verified`, `Anonymous`, `Rejected` or `Unreachable`.
@@ -78,14 +78,14 @@ pub struct VerificationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefreshLabels {
+pub(crate) struct RefreshLabels {
     pub resource: String,
     pub provider: &'static str,
     pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AdmissionLabels {
+pub(crate) struct AdmissionLabels {
     /// `serviceaccount`, `pod` or `other`.
     pub kind: &'static str,
     /// `patched`, `unchanged` or `skipped`.
@@ -93,15 +93,15 @@ pub struct AdmissionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefusalLabels {
+pub(crate) struct RefusalLabels {
     /// `too_large` (over the body limit) or `timeout` (not read in time).
     pub reason: &'static str,
 }
 
 /// Distinct `registry` label values one family takes; see the module doc.
-pub const REGISTRY_LABELS_MAX: usize = 100;
+pub(crate) const REGISTRY_LABELS_MAX: usize = 100;
 /// The `registry` label of every host past [`REGISTRY_LABELS_MAX`].
-pub const OTHER_REGISTRY: &str = "other";
+pub(crate) const OTHER_REGISTRY: &str = "other";
 
 /// A label set that names a resource, and maybe a registry.
 pub trait ResourceLabelSet: Clone + Hash + Eq {
@@ -211,20 +211,20 @@ fn latency_histogram() -> Histogram {
 }
 
 pub struct Metrics {
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     pub reconciles: ResourceFamily<ReconcileLabels, Counter>,
-    pub reconcile_duration: ResourceFamily<ResourceLabels, Histogram>,
-    pub api_writes: Family<WriteLabels, Counter>,
-    pub namespaces: ResourceFamily<NamespaceLabels, Gauge>,
-    pub watch_errors: Family<WatchLabels, Counter>,
-    pub credential_expiry: ResourceFamily<CredentialLabels, Gauge<f64, AtomicU64>>,
-    pub refreshes: ResourceFamily<RefreshLabels, Counter>,
-    pub refresh_duration: ResourceFamily<RefreshLabels, Histogram>,
-    pub verifications: ResourceFamily<VerificationLabels, Counter>,
-    pub pull_auth_failures: ResourceFamily<RegistryLabels, Counter>,
-    pub admissions: Family<AdmissionLabels, Counter>,
-    pub admission_duration: Histogram,
-    pub webhook_refusals: Family<RefusalLabels, Counter>,
+    pub(crate) reconcile_duration: ResourceFamily<ResourceLabels, Histogram>,
+    pub(crate) api_writes: Family<WriteLabels, Counter>,
+    pub(crate) namespaces: ResourceFamily<NamespaceLabels, Gauge>,
+    pub(crate) watch_errors: Family<WatchLabels, Counter>,
+    pub(crate) credential_expiry: ResourceFamily<CredentialLabels, Gauge<f64, AtomicU64>>,
+    pub(crate) refreshes: ResourceFamily<RefreshLabels, Counter>,
+    pub(crate) refresh_duration: ResourceFamily<RefreshLabels, Histogram>,
+    pub(crate) verifications: ResourceFamily<VerificationLabels, Counter>,
+    pub(crate) pull_auth_failures: ResourceFamily<RegistryLabels, Counter>,
+    pub(crate) admissions: Family<AdmissionLabels, Counter>,
+    pub(crate) admission_duration: Histogram,
+    pub(crate) webhook_refusals: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {

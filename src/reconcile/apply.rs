@@ -239,8 +239,7 @@ pub(super) async fn distribute(
     let rivals = rivals(ctx, cps);
     let claims: Vec<Claim<'_>> = rivals
         .iter()
-        .map(|(resource, secret_name, selection, older)| Claim {
-            resource,
+        .map(|(secret_name, selection, older)| Claim {
             secret_name,
             selection,
             older: *older,
@@ -282,9 +281,9 @@ pub(super) async fn distribute(
     }
 }
 
-/// Every other live resource's claim: name, Secret name, selection, and
+/// Every other live resource's claim: its Secret name, selection, and
 /// whether it is older (the older claim wins a namespace).
-fn rivals(ctx: &Context, me: &ClusterPullSecret) -> Vec<(String, String, Arc<Selection>, bool)> {
+fn rivals(ctx: &Context, me: &ClusterPullSecret) -> Vec<(String, Arc<Selection>, bool)> {
     let created = |o: &ClusterPullSecret| {
         (
             o.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -296,7 +295,7 @@ fn rivals(ctx: &Context, me: &ClusterPullSecret) -> Vec<(String, String, Arc<Sel
         .with_selections()
         .into_iter()
         .filter(|(o, _)| o.uid() != me.uid() && o.metadata.deletion_timestamp.is_none())
-        .filter_map(|(o, sel)| Some((o.name_any(), o.secret_name(), sel?, created(&o) < mine)))
+        .filter_map(|(o, sel)| Some((o.secret_name(), sel?, created(&o) < mine)))
         .collect()
 }
 

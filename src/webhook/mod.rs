@@ -77,7 +77,7 @@ pub const MAX_REVIEWS_IN_FLIGHT: usize = 4;
 /// of 2 MiB refused an UPDATE of two large objects.) A bigger body gets 413,
 /// and `failurePolicy: Ignore` admits the object unchanged: the controller's
 /// watch then patches the ServiceAccount as it does without the webhook.
-pub const MAX_REVIEW_BYTES: usize = 4 << 20;
+pub(crate) const MAX_REVIEW_BYTES: usize = 4 << 20;
 /// hyper's read buffer, which bounds a request's head (request line and
 /// headers). The API server's headers take well under 2 KiB; the body is
 /// read through the same buffer in pieces of this size.
@@ -87,7 +87,7 @@ const RELOAD_MOUNTED_EVERY: Duration = Duration::from_secs(300);
 /// How long a request waits for its namespace to reach the cache: a
 /// namespace created a moment before its first ServiceAccount (one Helm
 /// release, one `kubectl apply`) is the race the webhook exists to close.
-pub const NAMESPACE_WAIT: Duration = Duration::from_millis(500);
+pub(crate) const NAMESPACE_WAIT: Duration = Duration::from_millis(500);
 /// How soon a failed certificate step is retried.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// How often the `caBundle` is checked even when nothing is due: Helm
@@ -420,7 +420,7 @@ pub async fn run(
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), tls::TlsError> {
     let resolver = loop {
         match first_certificate(&client, &config).await {
             Ok(r) => break Arc::new(r),

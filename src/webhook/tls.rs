@@ -293,7 +293,7 @@ pub async fn ensure(
 /// one JSON merge patch guarded by its resourceVersion. `Ok(false)` when
 /// there is no such configuration (`--webhook` served without the chart's
 /// object): the caller decides how loudly to say so.
-pub async fn publish_ca_bundle(
+pub(crate) async fn publish_ca_bundle(
     client: &Client,
     configuration: &str,
     ca_pem: &str,
