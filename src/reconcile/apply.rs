@@ -20,11 +20,11 @@ use super::context::{Context, Error, ResourceState};
 use super::report;
 use crate::api::crd::{ClusterPullSecret, VerifyPolicy};
 use crate::cache::selection::Selection;
-use crate::decide::compose::compose;
+use crate::decide::compose::{Composed, compose};
 use crate::decide::distribute::{Claim, Desired, Plan, World, plan};
 use crate::decide::status::{self, Observation};
 use crate::decide::validate::{Rejection, Valid, tenant_identities, validate};
-use crate::decide::verdicts::{self, FOREIGN_RECHECK, RESYNC, Written};
+use crate::decide::verdicts::{self, Distribution, FOREIGN_RECHECK, RESYNC, Written};
 use crate::io::credentials::{RefreshOptions, as_entries};
 use crate::io::source::{Source, distributed_before};
 use crate::io::status_patch::write_status;
@@ -32,7 +32,6 @@ use crate::io::writer::{Outcome, Writer};
 
 pub(super) async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<Action, Error> {
     let started = Instant::now();
-    let name = cps.name_any();
     let valid = match validate(&cps.spec).and_then(|v| {
         tenant_identities(&cps.spec, &v.selection, |ns| ctx.stores.namespace(ns)).map(|()| v)
     }) {
@@ -64,24 +63,77 @@ pub(super) async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<
         &composed,
     )
     .await;
+    let source = match write_source(ctx, &cps, &composed, &state).await? {
+        Ok(source) => source,
+        Err(rejection) => return reject(ctx, &cps, rejection).await,
+    };
+    let copies = copy(ctx, &cps, &valid.selection, &composed, &mut state).await;
+    let conflicts: Vec<String> = copies.distribution.conflicts.iter().cloned().collect();
+    let observation = Observation {
+        generation: cps.metadata.generation,
+        credentials,
+        distributed: copies.distribution.verdict.clone(),
+        verified: (cps.spec.verify != VerifyPolicy::Off).then(|| verdicts::verification(&reports)),
+        hosts: &composed.hosts,
+        entries: &reports,
+        selected: copies.distribution.selected,
+        synced: copies.distribution.synced,
+        conflicts: &conflicts,
+        warnings: composed.warnings.clone(),
+        source_unchanged: source == Source::Unchanged,
+        pull_failures: ctx.pull_feedback.status_of(&cps.name_any()),
+    };
+    let new_status = status::build(cps.status.as_ref(), &observation, Timestamp::now());
+    write_status(&ctx.client, &ctx.metrics, &cps, new_status).await?;
+    report::reconciled(ctx, &cps.name_any(), started);
+    requeue(&cps, copies, &composed, &state)
+}
 
+/// Writes the composed Secret; a Secret of that name that is not this
+/// resource's refuses the resource.
+async fn write_source(
+    ctx: &Context,
+    cps: &ClusterPullSecret,
+    composed: &Composed,
+    state: &ResourceState,
+) -> Result<Result<Source, Rejection>, Error> {
+    let name = cps.name_any();
     let cached = ctx.stores.managed.get(&ctx.config.namespace, &name);
     let records = state.credentials.records();
     let source = (ctx.sources())
         .ensure(cached, &name, &composed.dockerconfigjson, &records)
         .await?;
-    if source == Source::Foreign {
-        let message = format!(
-            "Secret {}/{name} exists and is not managed by this resource",
-            ctx.config.namespace
-        );
-        return reject(ctx, &cps, Rejection::new("SourceSecretConflict", message)).await;
-    }
+    Ok(match source {
+        Source::Foreign => Err(Rejection::new(
+            "SourceSecretConflict",
+            format!(
+                "Secret {}/{name} exists and is not managed by this resource",
+                ctx.config.namespace
+            ),
+        )),
+        other => Ok(other),
+    })
+}
 
+/// What copying to the namespaces came to.
+struct Copies {
+    distribution: Distribution,
+    outcome: Outcome,
+}
+
+/// Plans and writes the copies and references, remembers where a foreign
+/// Secret was met, and reports the result.
+async fn copy(
+    ctx: &Context,
+    cps: &ClusterPullSecret,
+    selection: &Selection,
+    composed: &Composed,
+    state: &mut ResourceState,
+) -> Copies {
     recheck_foreign(ctx, &cps.secret_name(), &mut state.foreign).await;
     let foreign: Vec<String> = state.foreign.keys().cloned().collect();
     let payload = Some(composed.dockerconfigjson.as_slice());
-    let done = distribute(ctx, &cps, &valid.selection, payload, &foreign).await;
+    let done = distribute(ctx, cps, selection, payload, &foreign).await;
     for ns in &done.outcome.foreign {
         state.foreign.insert(ns.clone(), Instant::now());
     }
@@ -98,38 +150,38 @@ pub(super) async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<
     );
     report::distribution(
         ctx,
-        &cps,
+        cps,
         &mut state.reported_conflicts,
         &distribution,
         &written,
     )
     .await;
-
-    let conflicts: Vec<String> = distribution.conflicts.iter().cloned().collect();
-    let observation = Observation {
-        generation: cps.metadata.generation,
-        credentials,
-        distributed: distribution.verdict,
-        verified: (cps.spec.verify != VerifyPolicy::Off).then(|| verdicts::verification(&reports)),
-        hosts: &composed.hosts,
-        entries: &reports,
-        selected: distribution.selected,
-        synced: distribution.synced,
-        conflicts: &conflicts,
-        warnings: composed.warnings.clone(),
-        source_unchanged: source == Source::Unchanged,
-        pull_failures: ctx.pull_feedback.status_of(&name),
-    };
-    let new_status = status::build(cps.status.as_ref(), &observation, Timestamp::now());
-    write_status(&ctx.client, &ctx.metrics, &cps, new_status).await?;
-    report::reconciled(ctx, &name, started);
-
-    let failed = written.failed.len();
-    let Outcome { errors, stale, .. } = done.outcome;
-    if let Some(first) = errors.into_iter().next() {
-        return Err(Error::Writes { failed, first });
+    Copies {
+        distribution,
+        outcome: done.outcome,
     }
-    info!(resource = %name, selected = distribution.selected, synced = distribution.synced, hosts = composed.hosts.len(), "reconciled");
+}
+
+/// A failed write fails the reconcile (its backoff retries); otherwise the
+/// next look is at the next refresh, expiry or foreign re-check.
+fn requeue(
+    cps: &ClusterPullSecret,
+    copies: Copies,
+    composed: &Composed,
+    state: &ResourceState,
+) -> Result<Action, Error> {
+    let Copies {
+        distribution,
+        outcome: Outcome { errors, stale, .. },
+    } = copies;
+    let failed = errors.len();
+    if let Some(first) = errors.into_iter().next() {
+        return Err(Error::Writes {
+            failed,
+            first: Box::new(first),
+        });
+    }
+    info!(resource = %cps.name_any(), selected = distribution.selected, synced = distribution.synced, hosts = composed.hosts.len(), "reconciled");
     let now = Utc::now();
     let wakeup = state.credentials.next_wakeup(now);
     Ok(Action::requeue(verdicts::requeue(

@@ -23,7 +23,10 @@ pub(super) async fn cleanup(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Resul
     let done = distribute(ctx, &cps, &selection, None, &[]).await;
     let failed = done.outcome.errors.len();
     if let Some(first) = done.outcome.errors.into_iter().next() {
-        return Err(Error::Writes { failed, first });
+        return Err(Error::Writes {
+            failed,
+            first: Box::new(first),
+        });
     }
     // The finalizer stays until every delete went through.
     if done.outcome.stale > 0 {

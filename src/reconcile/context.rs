@@ -26,14 +26,14 @@ use crate::ops::metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Status(#[from] StatusError),
+    Status(Box<StatusError>),
     #[error(transparent)]
-    Source(#[from] SourceError),
+    Source(Box<SourceError>),
     #[error("{failed} writes failed, first: {first}")]
     Writes {
         failed: usize,
         #[source]
-        first: WriteError,
+        first: Box<WriteError>,
     },
     #[error("{stale} copies changed since they were cached; retrying")]
     Stale { stale: usize },
@@ -43,6 +43,19 @@ pub enum Error {
     ProviderCleanup(String),
     #[error("the reconcile panicked: {0}")]
     Panicked(String),
+}
+
+// Boxed: a kube error is large, and every reconcile returns this.
+impl From<StatusError> for Error {
+    fn from(e: StatusError) -> Self {
+        Self::Status(Box::new(e))
+    }
+}
+
+impl From<SourceError> for Error {
+    fn from(e: SourceError) -> Self {
+        Self::Source(Box::new(e))
+    }
 }
 
 #[derive(Clone, Debug)]
