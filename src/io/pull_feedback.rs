@@ -17,9 +17,11 @@ use tracing::debug;
 
 use crate::api::crd::{ClusterPullSecret, PullFailureStatus};
 use crate::cache::Stores;
+use crate::decide::pull_failures::classify::bounded;
+use crate::decide::pull_failures::log::{PULL_FAILURES_CAP, PullFailureLog};
+use crate::decide::pull_failures::remint::RemintGate;
 use crate::decide::pull_failures::{
-    DETAIL_MAX, NAME_MAX, PULL_FAILURES_CAP, PullEvent, PullFailureLog, RemintGate, ResourceView,
-    attribute, bounded, event_time,
+    DETAIL_MAX, NAME_MAX, PullEvent, ResourceView, attribute, event_time,
 };
 use crate::ops::metrics::{Metrics, RegistryLabels};
 
