@@ -181,8 +181,9 @@ struct Graph {
     edges: BTreeMap<String, BTreeSet<String>>,
 }
 
-fn graph() -> Graph {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+/// The import graph of the crate whose sources are in `dir`.
+fn graph_of(dir: &str) -> Graph {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut known = BTreeMap::new();
     modules(&root, &root, &mut known);
     // The binary's own modules and test support are not layers.
@@ -199,6 +200,10 @@ fn graph() -> Graph {
         }
     }
     Graph { edges }
+}
+
+fn graph() -> Graph {
+    graph_of("src")
 }
 
 #[test]
@@ -231,7 +236,33 @@ fn folders_only_depend_downwards() {
 
 #[test]
 fn no_module_depends_on_itself_through_others() {
-    let g = graph();
+    for dir in ["src", "providers/src"] {
+        let cycles = cycles(&graph_of(dir));
+        assert!(
+            cycles.is_empty(),
+            "import cycles in {dir}:\n{}",
+            cycles.join("\n")
+        );
+    }
+}
+
+#[test]
+fn providers_depend_on_the_trait_never_on_the_factory() {
+    let g = graph_of("providers/src");
+    assert!(
+        g.edges.contains_key("aws::ecr"),
+        "the walk found the providers"
+    );
+    let users: Vec<&String> = g
+        .edges
+        .iter()
+        .filter(|(from, to)| from.as_str() != "lib" && to.contains("factory"))
+        .map(|(from, _)| from)
+        .collect();
+    assert!(users.is_empty(), "modules that use the factory: {users:?}");
+}
+
+fn cycles(g: &Graph) -> Vec<String> {
     let mut cycles = Vec::new();
     for start in g.edges.keys() {
         // Depth-first from each module: can it reach itself?
@@ -251,7 +282,7 @@ fn no_module_depends_on_itself_through_others() {
             }
         }
     }
-    assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
+    cycles
 }
 
 #[test]

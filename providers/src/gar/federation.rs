@@ -34,7 +34,7 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{AccessToken, NAME, SCOPE, expiry_in};
+use super::token::{AccessToken, NAME, SCOPE, expiry_in};
 use crate::http_errors;
 use crate::spec::GarIdentitySpec;
 use crate::{Cluster, ProviderError, Redacted};

@@ -24,11 +24,13 @@
 //!   `gcloud` user credentials.
 
 mod federation;
+mod token;
+
+use self::token::{AccessToken, NAME, SCOPE, expiry_in};
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::http_errors;
@@ -36,10 +38,8 @@ use crate::provider::{BuildContext, deadline};
 use crate::spec::{GarSpec, SecretRef};
 use crate::{Cluster, Provider, ProviderError, Redacted, RegistryCredential};
 
-const NAME: &str = "gar";
 /// The registry username for OAuth2 access tokens.
 pub(crate) const USERNAME: &str = "oauth2accesstoken";
-const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// The Secret key holding the service-account key.
 pub(crate) const KEY_FILE: &str = "key.json";
 const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
@@ -49,13 +49,6 @@ pub(crate) struct GarProvider {
     spec: GarSpec,
     timeout: Duration,
     http: reqwest::Client,
-}
-
-/// An access token and the moment it stops working.
-#[derive(Debug)]
-struct AccessToken {
-    value: Redacted<String>,
-    expires_at: DateTime<Utc>,
 }
 
 /// The metadata server's token response.
@@ -207,12 +200,6 @@ impl GarProvider {
             })?,
         })
     }
-}
-
-/// Now plus a lifetime in seconds that a server reported; `None` when it
-/// does not fit.
-fn expiry_in(seconds: i64) -> Option<DateTime<Utc>> {
-    Utc::now().checked_add_signed(chrono::TimeDelta::try_seconds(seconds)?)
 }
 
 /// Nothing listened at the metadata host.
