@@ -12,8 +12,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use regbridge_providers::registry::dockerconfig;
 use regbridge_providers::spec::{CredentialSpec, StaticSpec};
-use regbridge_providers::{BuildContext, Redacted, RegistryCredential, build, dockerconfig};
+use regbridge_providers::{BuildContext, Redacted, RegistryCredential, build};
 
 use common::{TestCluster, peer, secret_ref};
 
