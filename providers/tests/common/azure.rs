@@ -644,20 +644,25 @@ async fn proxy(State(azure): State<Shared>, request: Request) -> Response {
         parts.uri.path(),
         &BTreeMap::new(),
     );
-    let Some(url) = azure
+    let Some(backend) = azure
         .lock()
         .unwrap()
         .backend
         .as_ref()
-        .map(|b| format!("{}{path}", b.url))
+        .map(|b| b.url.clone())
     else {
         return (StatusCode::NOT_FOUND, "404 page not found").into_response();
     };
+    let url = format!("{backend}{path}");
     let this_host = host(&parts.headers);
     let Ok(body) = axum::body::to_bytes(body, 64 << 20).await else {
         return StatusCode::BAD_REQUEST.into_response();
     };
-    let mut forward = reqwest::Client::new().request(parts.method.clone(), url);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut forward = client.request(parts.method.clone(), url);
     for (name, value) in &parts.headers {
         if name != header::HOST
             && name != header::CONTENT_LENGTH
@@ -683,6 +688,10 @@ async fn proxy(State(azure): State<Shared>, request: Request) -> Response {
                 name,
                 format!("Bearer realm=\"https://{this_host}/oauth2/token\",service=\"{this_host}\"{scope}"),
             );
+        } else if name == header::LOCATION {
+            // Uploads go on at the front, not at the registry behind it.
+            let location = value.to_str().unwrap_or_default();
+            out = out.header(name, location.strip_prefix(&backend).unwrap_or(location));
         } else if name != header::TRANSFER_ENCODING
             && name != header::CONNECTION
             && name != header::CONTENT_LENGTH
