@@ -108,6 +108,8 @@ fn crd_carries_cel_rules_for_what_the_schema_cannot_say() {
         "has(self.secretRef) != has(self.file)",
         "!has(self.identity) || has(self.roleArn)",
         "!has(self.externalId) || has(self.roleArn)",
+        "has(self.registry) != (has(self.registries) && size(self.registries) > 0)",
+        "!has(self.identity) || has(self.clientId)",
     ] {
         assert!(crd.contains(rule), "missing CEL rule {rule}");
     }

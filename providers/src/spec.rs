@@ -237,12 +237,15 @@ pub struct AcrSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registries: Vec<String>,
     /// The Microsoft Entra tenant (directory) ID. Default: `AZURE_TENANT_ID`,
-    /// which the AKS Workload Identity webhook sets.
+    /// which the AKS Workload Identity webhook sets; for a managed identity
+    /// without either, the tenant its token names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
-    /// The client ID of the identity to use. Default: `AZURE_CLIENT_ID`
-    /// (Workload Identity), or for a managed identity the node's
-    /// system-assigned one. With `identity`: the tenant's identity, required.
+    /// The client ID of the identity to use. Default: `AZURE_CLIENT_ID`,
+    /// which the webhook sets from the ServiceAccount's
+    /// `azure.workload.identity/client-id` annotation; without Workload
+    /// Identity and without either, the node's system-assigned managed
+    /// identity. With `identity`: the tenant's identity, required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// Use this ServiceAccount's token as the client assertion of `clientId`
