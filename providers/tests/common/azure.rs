@@ -480,7 +480,7 @@ async fn imds_token(
     if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
         return bad("Required metadata header not specified");
     }
-    if query.get("api-version").is_none() {
+    if !query.contains_key("api-version") {
         return bad("Required query variable 'api-version' is missing");
     }
     if query.get("resource").map(String::as_str) != Some(RESOURCE) {
@@ -544,14 +544,12 @@ async fn exchange(
         );
     };
     let tid = claims(token).and_then(|c| c["tid"].as_str().map(str::to_owned));
-    if let Some(tenant) = form.get("tenant") {
-        if Some(tenant) != tid.as_ref() {
-            return acr_error(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "tenant does not match the token",
-            );
-        }
+    if form.get("tenant").is_some_and(|t| Some(t) != tid.as_ref()) {
+        return acr_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "tenant does not match the token",
+        );
     }
     azure.issued += 1;
     let now = Utc::now().timestamp();
