@@ -101,7 +101,8 @@ pub struct Azure {
     pub refresh_lifetime: i64,
     /// Issue refresh tokens without `exp`.
     pub omit_exp: bool,
-    /// Answer the exchange with this status instead.
+    /// Answer the exchange with this status instead (404: as a registry
+    /// that is not an ACR does).
     pub exchange_status: Option<StatusCode>,
     pub log: Vec<Seen>,
     /// Entra access tokens issued, with their client ID.
@@ -518,8 +519,13 @@ async fn exchange(
 ) -> Response {
     record(&azure, "POST", &headers, "/oauth2/exchange", &form);
     let mut azure = azure.lock().unwrap();
-    if let Some(status) = azure.exchange_status {
-        return acr_error(status, "UNAUTHORIZED", "injected by the test");
+    match azure.exchange_status {
+        // What a registry that is not an ACR answers.
+        Some(StatusCode::NOT_FOUND) => {
+            return (StatusCode::NOT_FOUND, "404 page not found").into_response();
+        }
+        Some(status) => return acr_error(status, "UNAUTHORIZED", "injected by the test"),
+        None => {}
     }
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     let service = field("service").to_owned();
