@@ -13,8 +13,8 @@ use crate::ops::telemetry::LogFormat;
     name = "regbridge",
     version,
     about = "Keeps registry pull credentials fresh and distributes them to namespaces and ServiceAccounts",
-    long_about = "regbridge mints short-lived registry credentials (ECR, GAR/GCR, Harbor robots, static \
-                  accounts), composes them into one dockerconfigjson Secret per ClusterPullSecret, and \
+    long_about = "regbridge mints short-lived registry credentials (ECR, GAR/GCR, ACR, Harbor robots, \
+                  static accounts), composes them into one dockerconfigjson Secret per ClusterPullSecret, and \
                   distributes that Secret to the selected namespaces and ServiceAccounts."
 )]
 pub struct Cli {
@@ -109,7 +109,8 @@ pub struct RunArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct MintArgs {
-    /// YAML file with a `credentials:` list, as in a ClusterPullSecret spec.
+    /// YAML file with a `credentials:` list, as in a ClusterPullSecret spec,
+    /// or a ClusterPullSecret manifest (its `spec.credentials` are minted).
     #[arg(long, env = "REGBRIDGE_MINT_CONFIG")]
     pub config: PathBuf,
     /// Print only the raw dockerconfigjson, unredacted, for piping.

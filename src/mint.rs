@@ -1,6 +1,7 @@
 //! `regbridge mint`: the same providers and composition as the controller,
 //! run once on a laptop or in a debug pod, with no cluster. It answers "does
-//! my IRSA / Workload Identity / Harbor / Docker Hub setup work?".
+//! my IRSA / Workload Identity / Harbor / Docker Hub setup work?". The config
+//! is a `credentials:` list, or a `ClusterPullSecret` manifest.
 
 use std::path::Path;
 
@@ -44,6 +45,7 @@ pub async fn mint(path: &Path, trust: &Trust) -> Result<Composed, MintError> {
     };
     let value: serde_json::Value =
         serde_yaml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
+    let value = credentials_of_resource(value);
     let config: MintConfig =
         serde_json::from_value(value).map_err(|e| parse_error(e.to_string()))?;
     // Relative `file:` paths are relative to the config file.
@@ -88,6 +90,20 @@ pub async fn mint(path: &Path, trust: &Trust) -> Result<Composed, MintError> {
         });
     }
     Ok(compose(&as_entries(&creds.current(now))))
+}
+
+/// A `ClusterPullSecret` manifest stands for its `spec.credentials`, so
+/// `mint` checks the very file a user is about to apply; anything else is
+/// read as a mint config.
+fn credentials_of_resource(value: serde_json::Value) -> serde_json::Value {
+    if value.get("kind").and_then(|k| k.as_str()) != Some("ClusterPullSecret") {
+        return value;
+    }
+    let credentials = value
+        .pointer("/spec/credentials")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    serde_json::json!({ "credentials": credentials })
 }
 
 /// The human-readable report: hosts, then the document with every secret
@@ -209,6 +225,24 @@ mod tests {
             raw.contains("s3cr3t-pass"),
             "--reveal prints the real document"
         );
+    }
+
+    #[tokio::test]
+    async fn a_cluster_pull_secret_manifest_is_minted_from_its_credentials() {
+        let dir = tempdir("cps");
+        write(
+            &dir,
+            "a.json",
+            r#"{"auths":{"registry.example.com":{"username":"ci","password":"p"}}}"#,
+        );
+        let cfg = write(
+            &dir,
+            "cps.yaml",
+            "apiVersion: regbridge.dev/v1alpha1\nkind: ClusterPullSecret\nmetadata: {name: x}\n\
+             spec:\n  namespaces: {include: [\"a\"]}\n  credentials:\n    - static: {file: a.json}\n",
+        );
+        let composed = mint(&cfg, &Trust::system()).await.unwrap();
+        assert_eq!(composed.hosts.len(), 1);
     }
 
     #[test]

@@ -325,6 +325,16 @@ fn custom_values_reach_every_optional_part() {
         sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"],
         "regbridge@my-project.iam.gserviceaccount.com"
     );
+    // AKS Workload Identity: the client ID on the ServiceAccount, and the
+    // label, a string, on the pods.
+    assert_eq!(
+        sa["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "c0ffee00-0000-4000-8000-000000000001"
+    );
+    assert_eq!(
+        d["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
     assert_eq!(
         d["spec"]["template"]["spec"]["serviceAccountName"],
         "pull-bridge-controller"

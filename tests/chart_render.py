@@ -48,6 +48,7 @@ CUSTOM_VALUES = {
         "annotations": {
             "eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/regbridge",
             "iam.gke.io/gcp-service-account": "regbridge@my-project.iam.gserviceaccount.com",
+            "azure.workload.identity/client-id": "c0ffee00-0000-4000-8000-000000000001",
         },
     },
     "perTenantIdentity": {"enabled": True, "serviceAccounts": [
@@ -74,7 +75,7 @@ CUSTOM_VALUES = {
     "webhook": {"enabled": True, "port": 8443, "certManager": {"enabled": True}},
     "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}],
     "podAnnotations": {"example.com/scrape": "false"},
-    "podLabels": {"team": "platform"},
+    "podLabels": {"team": "platform", "azure.workload.identity/use": "true"},
     "priorityClassName": "system-cluster-critical",
     "nodeSelector": {"kubernetes.io/os": "linux"},
     "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],

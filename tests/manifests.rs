@@ -110,6 +110,8 @@ fn crd_carries_cel_rules_for_what_the_schema_cannot_say() {
         "!has(self.externalId) || has(self.roleArn)",
         "!has(self.identity) || !has(self.keySecretRef)",
         "self.audience.startsWith('//') || self.audience.startsWith('identitynamespace:')",
+        "has(self.registry) != (has(self.registries) && size(self.registries) > 0)",
+        "!has(self.identity) || has(self.clientId)",
     ] {
         assert!(crd.contains(rule), "missing CEL rule {rule}");
     }

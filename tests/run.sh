@@ -112,12 +112,14 @@ start_moto() {
   log "moto_server $MOTO_VERSION at $REGBRIDGE_MOTO_URL"
 }
 
-# serve_registry NAME DIR PORT [TLS_DIR]: docker-registry on 127.0.0.1:PORT,
-# storing in DIR, with the account in $PEERS/registry/htpasswd; over HTTPS
+# serve_registry NAME DIR PORT [TLS_DIR [AUTH]]: docker-registry on
+# 127.0.0.1:PORT, storing in DIR, with the account in
+# $PEERS/registry/htpasswd, or the `auth:` block AUTH when given; over HTTPS
 # with TLS_DIR's server.crt and server.key (trusting TLS_DIR/ca.crt to probe
-# it) when TLS_DIR is given.
+# it) when TLS_DIR is not empty.
 serve_registry() {
   local name="$1" dir="$2" port="$3" tls="${4:-}" probe="http://127.0.0.1:$3/v2/"
+  local auth="${5:-$(printf 'auth:\n  htpasswd:\n    realm: %s\n    path: %s' "regbridge-$1" "$PEERS/registry/htpasswd")}"
   mkdir -p "$dir/storage"
   {
     printf 'version: 0.1\nlog:\n  level: warn\n'
@@ -127,7 +129,7 @@ serve_registry() {
       printf '  tls:\n    certificate: %s\n    key: %s\n' "$tls/server.crt" "$tls/server.key"
       probe="https://127.0.0.1:$port/v2/ --cacert $tls/ca.crt"
     fi
-    printf 'auth:\n  htpasswd:\n    realm: %s\n    path: %s\n' "regbridge-$name" "$PEERS/registry/htpasswd"
+    printf '%s\n' "$auth"
   } >"$dir/config.yml"
   docker-registry serve "$dir/config.yml" >"$PEERS/$name.log" 2>&1 &
   PIDS+=("$!")
@@ -168,6 +170,33 @@ start_tls_registry() {
   export REGBRIDGE_TLS_REGISTRY_URL="127.0.0.1:$port"
   export REGBRIDGE_TLS_REGISTRY_CA="$dir/ca.crt"
   log "docker-registry at https://$REGBRIDGE_TLS_REGISTRY_URL (htpasswd, private CA)"
+}
+
+# A docker-registry with Docker's token authentication and no accounts of its
+# own, as ACR keeps its storage behind /oauth2/token: it accepts registry
+# tokens signed by a key made here (its certificate is the rootcertbundle).
+# The ACR tests put their stand-in for ACR's /oauth2/exchange and
+# /oauth2/token in front of it (providers/tests/common/azure.rs), which signs
+# with REGBRIDGE_TOKEN_REGISTRY_KEY and rewrites the challenge to name itself,
+# so the realm configured here is never shown to a client.
+start_token_registry() {
+  local port dir="$PEERS/token-registry" service="regbridge-token-registry"
+  port="$(free_port)"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=regbridge test token issuer" \
+    -keyout "$dir/token.key" -out "$dir/token.crt" 2>/dev/null
+  serve_registry token-registry "$dir" "$port" "" "$(printf '%s\n' \
+    'auth:' '  token:' \
+    "    realm: http://127.0.0.1:$port/shown-to-nobody" \
+    "    service: $service" "    issuer: $service" \
+    "    rootcertbundle: $dir/token.crt")"
+  export REGBRIDGE_TOKEN_REGISTRY_URL="http://127.0.0.1:$port"
+  export REGBRIDGE_TOKEN_REGISTRY_KEY="$dir/token.key"
+  export REGBRIDGE_TOKEN_REGISTRY_SERVICE="$service"
+  export REGBRIDGE_TOKEN_REGISTRY_ISSUER="$service"
+  log "docker-registry at $REGBRIDGE_TOKEN_REGISTRY_URL (token auth)"
 }
 
 check_fmt() {
@@ -231,6 +260,7 @@ main() {
   start_moto
   start_registry
   start_tls_registry
+  start_token_registry
   for step in "${steps[@]}"; do
     "$step"
   done

@@ -10,7 +10,7 @@ pub fn build(
     spec: &CredentialSpec,
     ctx: &BuildContext,
 ) -> Result<Box<dyn Provider>, ProviderError> {
-    #[cfg(not(all(feature = "ecr", feature = "gar", feature = "harbor")))]
+    #[cfg(not(all(feature = "ecr", feature = "gar", feature = "harbor", feature = "acr")))]
     let _ = ctx;
     match spec {
         CredentialSpec::Static(s) => Ok(Box::new(StaticProvider::new(s.clone())?)),
@@ -35,5 +35,12 @@ pub fn build(
         )?)),
         #[cfg(not(feature = "harbor"))]
         CredentialSpec::Harbor(_) => Err(ProviderError::NotCompiledIn("harbor")),
+        #[cfg(feature = "acr")]
+        CredentialSpec::Acr(s) => Ok(Box::new(crate::azure::acr::AcrProvider::new(
+            s.clone(),
+            ctx,
+        )?)),
+        #[cfg(not(feature = "acr"))]
+        CredentialSpec::Acr(_) => Err(ProviderError::NotCompiledIn("acr")),
     }
 }

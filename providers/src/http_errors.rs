@@ -1,4 +1,4 @@
-//! HTTP failures of the providers that speak plain HTTP (GAR, Harbor),
+//! HTTP failures of the providers that speak plain HTTP (GAR, Harbor, ACR),
 //! reduced to a category. reqwest's own `Display` names the URL, and a
 //! response body can echo a secret, so neither is passed on.
 
@@ -36,6 +36,7 @@ pub(crate) fn transport(
 }
 
 /// A non-success status, named by code and reason phrase only.
+#[cfg(any(feature = "gar", feature = "harbor"))]
 pub(crate) fn status(
     provider: &'static str,
     what: &str,

@@ -11,7 +11,10 @@
 
 #[cfg(feature = "ecr")]
 mod aws;
+#[cfg(feature = "acr")]
+mod azure;
 mod body;
+pub mod connect_to;
 mod credential;
 pub mod duration;
 mod factory;
@@ -19,7 +22,7 @@ mod factory;
 mod gar;
 #[cfg(feature = "harbor")]
 mod harbor;
-#[cfg(any(feature = "gar", feature = "harbor"))]
+#[cfg(any(feature = "gar", feature = "harbor", feature = "acr"))]
 mod http_errors;
 mod provider;
 pub mod registry;

@@ -117,7 +117,7 @@ impl BuildContext {
 }
 
 /// Runs one remote call under the provider's deadline.
-#[cfg(any(feature = "ecr", feature = "gar", feature = "harbor"))]
+#[cfg(any(feature = "ecr", feature = "gar", feature = "harbor", feature = "acr"))]
 pub(crate) async fn deadline<T>(
     provider: &'static str,
     limit: Duration,

@@ -42,6 +42,10 @@ pub enum CredentialSpec {
     Gar(GarSpec),
     /// A Harbor robot account that regbridge creates and rotates itself.
     Harbor(HarborSpec),
+    /// Azure Container Registry, through the controller's Microsoft Entra
+    /// identity (AKS Workload Identity or a managed identity), or a tenant's
+    /// own identity.
+    Acr(AcrSpec),
 }
 
 impl CredentialSpec {
@@ -52,7 +56,7 @@ impl CredentialSpec {
             Self::Static(s) => s.secret_ref.as_ref(),
             Self::Gar(g) => g.key_secret_ref.as_ref(),
             Self::Harbor(h) => Some(&h.admin_secret_ref),
-            Self::Ecr(_) | Self::EcrPublic(_) => None,
+            Self::Ecr(_) | Self::EcrPublic(_) | Self::Acr(_) => None,
         };
         own.into_iter().chain(self.ca_secret_ref()).collect()
     }
@@ -65,6 +69,7 @@ impl CredentialSpec {
             Self::EcrPublic(e) => e.ca_secret_ref.as_ref(),
             Self::Gar(g) => g.ca_secret_ref.as_ref(),
             Self::Harbor(h) => h.ca_secret_ref.as_ref(),
+            Self::Acr(a) => a.ca_secret_ref.as_ref(),
         }
     }
 
@@ -75,6 +80,7 @@ impl CredentialSpec {
         match self {
             Self::Ecr(e) => e.identity.as_ref().map(|i| &i.service_account_ref),
             Self::Gar(g) => g.identity.as_ref().map(|i| &i.service_account_ref),
+            Self::Acr(a) => a.identity.as_ref().map(|i| &i.service_account_ref),
             Self::Static(_) | Self::EcrPublic(_) | Self::Harbor(_) => None,
         }
     }
@@ -86,6 +92,7 @@ impl CredentialSpec {
             Self::EcrPublic(_) => "ecrPublic",
             Self::Gar(_) => "gar",
             Self::Harbor(_) => "harbor",
+            Self::Acr(_) => "acr",
         }
     }
 }
@@ -114,8 +121,11 @@ pub struct StaticSpec {
 }
 
 /// Per-tenant cloud identity: the controller requests a short-lived token for
-/// this ServiceAccount (TokenRequest API, audience `sts.amazonaws.com`) and
-/// exchanges it for `roleArn` with `AssumeRoleWithWebIdentity`.
+/// this ServiceAccount (TokenRequest API) and exchanges it for the tenant's
+/// own cloud identity, never falling back to the controller's: on `ecr`, for
+/// `roleArn` with `AssumeRoleWithWebIdentity` (audience `sts.amazonaws.com`);
+/// on `acr`, as the client assertion of `clientId` (audience
+/// `api://AzureADTokenExchange`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IdentitySpec {
@@ -262,6 +272,60 @@ pub struct HarborSpec {
     pub ca_secret_ref: Option<SecretRef>,
 }
 
+/// Azure Container Registry. One Microsoft Entra token (scope
+/// `https://containerregistry.azure.net/.default`) is exchanged at each
+/// registry's `/oauth2/exchange` for an ACR refresh token, written with the
+/// username `00000000-0000-0000-0000-000000000000`; its expiry is the
+/// token's own `exp`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.registry) != (has(self.registries) && size(self.registries) > 0)", "message": "set registry (one login server) or registries (several), not both"},
+    {"rule": "!has(self.identity) || has(self.clientId)", "message": "identity needs clientId: the tenant's identity that trusts the ServiceAccount's token"}
+]))]
+pub struct AcrSpec {
+    /// The registry's login server, e.g. `myregistry.azurecr.io`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// Several login servers (instead of `registry`), each with its own
+    /// exchange and its own host in the Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<String>,
+    /// The Microsoft Entra tenant (directory) ID. Default: `AZURE_TENANT_ID`,
+    /// which the AKS Workload Identity webhook sets; for a managed identity
+    /// without either, the tenant its token names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// The client ID of the identity to use. Default: `AZURE_CLIENT_ID`,
+    /// which the webhook sets from the ServiceAccount's
+    /// `azure.workload.identity/client-id` annotation; without Workload
+    /// Identity and without either, the node's system-assigned managed
+    /// identity. With `identity`: the tenant's identity, required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Use this ServiceAccount's token as the client assertion of `clientId`
+    /// (a federated credential on the tenant's identity) instead of the
+    /// controller's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentitySpec>,
+    /// A Secret with `ca.crt`, trusted besides the system store for the
+    /// registries' token exchange and when they are verified. For a
+    /// registry behind a private CA or a TLS-inspecting proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretRef>,
+}
+
+impl AcrSpec {
+    /// `registry` or `registries`, as written.
+    pub fn login_servers(&self) -> Vec<&str> {
+        self.registry
+            .iter()
+            .chain(&self.registries)
+            .map(|r| r.trim())
+            .collect()
+    }
+}
+
 fn default_rotate_every() -> String {
     "24h".into()
 }
@@ -288,5 +352,21 @@ mod tests {
             "secretRef": {"namespace": "rb", "name": "hub"},
             "caSecretRef": {"namespace": "rb", "name": "corp-ca"}}});
         assert_eq!(secret_names(with_ca), ["hub", "corp-ca"]);
+        let acr = serde_json::json!({"acr": {
+            "registry": "myregistry.azurecr.io",
+            "caSecretRef": {"namespace": "rb", "name": "corp-ca"}}});
+        assert_eq!(secret_names(acr), ["corp-ca"]);
+    }
+
+    #[test]
+    fn acr_takes_one_registry_or_a_list() {
+        let one: AcrSpec =
+            serde_json::from_value(serde_json::json!({"registry": " a.azurecr.io "})).unwrap();
+        assert_eq!(one.login_servers(), ["a.azurecr.io"]);
+        let list: AcrSpec = serde_json::from_value(
+            serde_json::json!({"registries": ["a.azurecr.io", "b.azurecr.io"]}),
+        )
+        .unwrap();
+        assert_eq!(list.login_servers(), ["a.azurecr.io", "b.azurecr.io"]);
     }
 }

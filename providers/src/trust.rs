@@ -131,14 +131,15 @@ impl Trust {
         self.with_pem(pem, &format!("{what} key ca.crt"))
     }
 
-    /// An HTTP client builder that trusts exactly these roots.
+    /// An HTTP client builder that trusts exactly these roots (and follows
+    /// [`crate::connect_to`], which tests use to stand in for remote hosts).
     pub fn client_builder(&self) -> reqwest::ClientBuilder {
         let system = system_roots();
         let mut builder = reqwest::Client::builder().tls_built_in_root_certs(system.is_empty());
         for cert in system.iter().chain(self.extra.iter()) {
             builder = builder.add_root_certificate(cert.clone());
         }
-        builder
+        crate::connect_to::apply(builder)
     }
 
     /// The same roots for the AWS SDK's HTTPS client: the SDK reads the

@@ -4,6 +4,12 @@
 //! Distribution with htpasswd auth, `REGBRIDGE_REGISTRY_URL`); a wrong
 //! password, or no entry for the host, is refused.
 //!
+//! The same for an `acr` entry: the provider mints through loopback
+//! stand-ins for Microsoft Entra and ACR (`common/azure.rs`, which follow the
+//! published APIs: there is no Azure here), and skopeo pushes and pulls with
+//! the refresh token through ACR's token realm, in front of a real
+//! `docker-registry` with token auth (`REGBRIDGE_TOKEN_REGISTRY_URL`).
+//!
 //! The image is built locally as an OCI layout (one small layer), since this
 //! environment cannot pull images from the network.
 
@@ -13,9 +19,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use regbridge_providers::registry::dockerconfig;
-use regbridge_providers::spec::{CredentialSpec, StaticSpec};
-use regbridge_providers::{BuildContext, Redacted, RegistryCredential, build};
+use regbridge_providers::spec::{AcrSpec, CredentialSpec, StaticSpec};
+use regbridge_providers::{
+    BuildContext, NoCluster, Redacted, RegistryCredential, Trust, Verification, Verifier, build,
+};
 
+use common::azure::{self, Azure, CLIENT_ID, TENANT};
 use common::{TestCluster, peer, secret_ref};
 
 struct Registry {
@@ -225,5 +234,126 @@ async fn rendered_dockerconfigjson_authenticates_to_a_real_registry_and_a_wrong_
     assert!(
         !anonymous.status.success(),
         "no entry for the host means no access"
+    );
+}
+
+/// The controller's Workload Identity as the AKS webhook sets it up, aimed
+/// at the stub's Entra. No other test in this binary reads these variables.
+fn workload_identity(dir: &Path, stub: &azure::Stub) {
+    let token = dir.join("azure-identity-token");
+    std::fs::write(&token, azure::projected_token("regbridge", "regbridge")).unwrap();
+    // SAFETY: the only test here that touches the environment.
+    unsafe {
+        std::env::set_var("AZURE_FEDERATED_TOKEN_FILE", &token);
+        std::env::set_var("AZURE_CLIENT_ID", CLIENT_ID);
+        std::env::set_var("AZURE_TENANT_ID", TENANT);
+        std::env::set_var("AZURE_AUTHORITY_HOST", stub.authority());
+    }
+}
+
+/// Multi-threaded: skopeo runs as a blocking child while the stub answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acr_refresh_token_pushes_and_pulls_through_token_auth_and_a_revoked_one_does_not() {
+    if peer("REGBRIDGE_TOKEN_REGISTRY_URL").is_none() {
+        return;
+    }
+    let stub = azure::serve(Azure {
+        federated: vec![(
+            CLIENT_ID.into(),
+            "system:serviceaccount:regbridge:regbridge".into(),
+        )],
+        backend: azure::Backend::from_env(),
+        ..Azure::default()
+    })
+    .await;
+    let dir = workdir("acr");
+    workload_identity(&dir, &stub);
+    let trust = Trust::system()
+        .with_pem(stub.ca_pem.as_bytes(), "the stub's CA")
+        .unwrap();
+    let spec = CredentialSpec::Acr(AcrSpec {
+        registry: Some(stub.registry()),
+        ..AcrSpec::default()
+    });
+    let creds = build(&spec, &BuildContext::new("e2e").with_trust(trust.clone()))
+        .unwrap()
+        .mint(&NoCluster)
+        .await
+        .expect("acr mint");
+    assert_eq!(creds[0].username, azure::ACR_USER);
+
+    let verifier = Verifier::new(std::time::Duration::from_secs(10))
+        .with_trust(trust)
+        .unwrap();
+    assert_eq!(verifier.verify(&creds[0]).await, Verification::Verified);
+
+    // skopeo trusts the stub's CA through a certificate directory.
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(certs.join("ca.crt"), &stub.ca_pem).unwrap();
+    let certs = certs.to_str().unwrap();
+    let image = make_image(&dir);
+    let good = write_authfile(&dir, "acr.json", &creds);
+    let target = format!("docker://{}/team-a/hello:latest", stub.registry());
+    let push = skopeo(
+        &dir,
+        &[
+            "copy",
+            "--dest-cert-dir",
+            certs,
+            "--dest-authfile",
+            good.to_str().unwrap(),
+            &format!("oci:{}:latest", image.display()),
+            &target,
+        ],
+    );
+    assert!(push.status.success(), "push: {}", text(&push));
+    let inspect = skopeo(
+        &dir,
+        &[
+            "inspect",
+            "--cert-dir",
+            certs,
+            "--authfile",
+            good.to_str().unwrap(),
+            &target,
+        ],
+    );
+    assert!(inspect.status.success(), "inspect: {}", text(&inspect));
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(info["Layers"].as_array().map(Vec::len), Some(1), "{info}");
+    let realm = stub.azure.lock().unwrap().seen("/oauth2/token");
+    assert!(
+        realm.iter().any(|s| s
+            .form
+            .get("scope")
+            .is_some_and(|s| s.contains("team-a/hello"))),
+        "skopeo went through ACR's token realm: {realm:?}"
+    );
+
+    let revoked = vec![RegistryCredential {
+        password: Redacted::new(format!("{}x", creds[0].password.expose())),
+        ..creds[0].clone()
+    }];
+    let bad = write_authfile(&dir, "revoked.json", &revoked);
+    let refused = skopeo(
+        &dir,
+        &[
+            "inspect",
+            "--cert-dir",
+            certs,
+            "--authfile",
+            bad.to_str().unwrap(),
+            &target,
+        ],
+    );
+    assert!(
+        !refused.status.success(),
+        "a revoked refresh token is refused"
+    );
+    assert!(
+        text(&refused).to_lowercase().contains("unauthorized"),
+        "{}",
+        text(&refused)
     );
 }

@@ -368,16 +368,20 @@ fn realm_refusal(realm: &[SocketAddr], registry: &[SocketAddr]) -> Option<String
 }
 
 /// The addresses the HTTP client would connect to for `url`: an IP literal
-/// as it is; a name through the system resolver (`getaddrinfo`), which is
+/// as it is; a name that `REGBRIDGE_CONNECT_TO` lists at its address there;
+/// any other name through the system resolver (`getaddrinfo`), which is
 /// what reqwest's default resolver calls too.
 async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, String> {
     let port = url.port_or_known_default().unwrap_or(443);
     match host_of(url) {
         Host::Ip(ip) => Ok(vec![SocketAddr::new(ip, port)]),
-        Host::Name(name) => tokio::net::lookup_host((name, port))
-            .await
-            .map(Iterator::collect)
-            .map_err(|e| format!("cannot resolve {name}: {e}")),
+        Host::Name(name) => match crate::connect_to::lookup(name, url.port()) {
+            Some(addr) => Ok(vec![addr]),
+            None => tokio::net::lookup_host((name, port))
+                .await
+                .map(Iterator::collect)
+                .map_err(|e| format!("cannot resolve {name}: {e}")),
+        },
         Host::None => Err("the URL names no host".into()),
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod azure;
 pub mod google_sts;
 pub mod harbor;
 
