@@ -86,7 +86,7 @@ pub enum ProviderError {
     },
 }
 
-/// What [`build`] needs beyond the spec entry itself.
+/// What [`build`](crate::build) needs beyond the spec entry itself.
 #[derive(Clone, Debug)]
 pub struct BuildContext {
     /// Name of the `ClusterPullSecret` (or `mint` config) the entry belongs

@@ -1,4 +1,4 @@
-//! The thin I/O layer under the planner: executes a [`Plan`] with bounded
+//! The thin I/O layer under the planner: executes a [`Plan`](crate::decide::distribute::Plan) with bounded
 //! concurrency, checks ownership before every write, and retries the one
 //! write that races other writers (the ServiceAccount list) from fresh state.
 

@@ -19,7 +19,7 @@ pub struct PullFailure {
     /// status lists the host under, and what recovery re-mints.
     pub host: String,
     pub time: DateTime<Utc>,
-    /// Short, fixed: [`AuthReason::as_str`].
+    /// Short, fixed: [`AuthReason::as_str`](super::classify::AuthReason::as_str).
     pub reason: String,
     /// The runtime's error, sanitised and truncated, for the log and the
     /// Event; status may show it.
