@@ -1,6 +1,6 @@
 //! Probes and metrics over HTTP. Readiness reflects the caches: false until
 //! every registered watch has listed once, and false again while any watch
-//! has been failing for longer than [`STUCK_AFTER`], so a silently stuck
+//! has been failing for longer than `STUCK_AFTER`, so a silently stuck
 //! controller shows.
 //!
 //! Sync is tracked from each watch's own `InitDone` rather than

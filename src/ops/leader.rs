@@ -52,7 +52,7 @@ const FENCE_MARGIN: Duration = Duration::from_secs(2);
 /// (it logs and backs off), so a leader cut off from the API server would
 /// write on after its Lease expired and another replica took over. A fence
 /// therefore reads the Lease itself every few seconds and drops `work`
-/// once the last renewal it saw is about to lapse ([`FENCE_MARGIN`] before
+/// once the last renewal it saw is about to lapse (`FENCE_MARGIN` before
 /// `renewTime + leaseDurationSeconds`).
 pub async fn while_leader<F, Fut>(
     client: Client,

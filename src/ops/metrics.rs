@@ -8,7 +8,7 @@
 //!
 //! The `registry` label comes from hosts an administrator wrote in a
 //! resource or its source Secret. It names what a user alerts on, so it
-//! stays, but each family takes at most [`REGISTRY_LABELS_MAX`] distinct
+//! stays, but each family takes at most `REGISTRY_LABELS_MAX` distinct
 //! values: beyond that, new hosts share `registry="other"`, so a Secret
 //! with thousands of keys cannot grow the scrape without bound.
 
