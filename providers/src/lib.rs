@@ -9,6 +9,8 @@
 //! same whatever cargo features a build enables; only the implementations that
 //! pull in cloud SDKs sit behind features.
 
+#[cfg(any(feature = "harbor", feature = "acr"))]
+mod api_client;
 #[cfg(feature = "ecr")]
 mod aws;
 #[cfg(feature = "acr")]

@@ -129,16 +129,14 @@ impl AcrProvider {
         &self,
         cluster: &dyn Cluster,
     ) -> Result<reqwest::Client, ProviderError> {
-        let trust = match &self.spec.ca_secret_ref {
-            Some(r) => self.trust.with_secret(cluster, r).await?,
-            None => self.trust.clone(),
-        };
-        trust
-            .client_builder()
-            .timeout(self.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| http_errors::transport(NAME, "building the HTTP client", &e, 0))
+        crate::api_client::build(
+            NAME,
+            &self.trust,
+            self.spec.ca_secret_ref.as_ref(),
+            self.timeout,
+            cluster,
+        )
+        .await
     }
 
     async fn mint_now(
