@@ -23,7 +23,9 @@ export CARGO_INCREMENTAL=0
 
 PIDS=()
 
-log() { printf '\n==> %s\n' "$*"; }
+# Each step's line carries the time since the start, so a slow CI run shows
+# where its minutes went.
+log() { printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 cargo_() {
   if command -v flock >/dev/null; then
@@ -235,9 +237,9 @@ build_release() {
 bench_scale() {
   log "scale benchmark (release binary)"
   REGBRIDGE_SCALE_BINARY="$ROOT/target/release/regbridge" \
-    cargo_ test --all-features --locked --test scale -- --ignored --nocapture --test-threads=1
+    cargo_ test --workspace --all-features --locked --test scale -- --ignored --nocapture --test-threads=1
   log "webhook admission latency benchmark"
-  cargo_ test --all-features --locked --test webhook -- --ignored --nocapture admission_latency_at_100_per_second
+  cargo_ test --workspace --all-features --locked --test webhook -- --ignored --nocapture admission_latency_at_100_per_second
 }
 
 STEPS=(check_fmt check_clippy check_chart run_tests build_release bench_scale)
