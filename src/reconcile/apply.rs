@@ -22,7 +22,8 @@ use crate::api::crd::{ClusterPullSecret, VerifyPolicy};
 use crate::cache::selection::Selection;
 use crate::decide::compose::{Composed, compose};
 use crate::decide::distribute::{Claim, Desired, Plan, World, plan};
-use crate::decide::status::{self, Observation};
+use crate::decide::entries::EntryReport;
+use crate::decide::status::{self, Observation, Verdict};
 use crate::decide::validate::{Rejection, Valid, tenant_identities, validate};
 use crate::decide::verdicts::{self, Distribution, FOREIGN_RECHECK, RESYNC, Written};
 use crate::io::credentials::{RefreshOptions, as_entries};
@@ -68,23 +69,14 @@ pub(super) async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<
         Err(rejection) => return reject(ctx, &cps, rejection).await,
     };
     let copies = copy(ctx, &cps, &valid.selection, &composed, &mut state).await;
-    let conflicts: Vec<String> = copies.distribution.conflicts.iter().cloned().collect();
-    let observation = Observation {
-        generation: cps.metadata.generation,
+    let observed = Observed {
         credentials,
-        distributed: copies.distribution.verdict.clone(),
-        verified: (cps.spec.verify != VerifyPolicy::Off).then(|| verdicts::verification(&reports)),
-        hosts: &composed.hosts,
-        entries: &reports,
-        selected: copies.distribution.selected,
-        synced: copies.distribution.synced,
-        conflicts: &conflicts,
-        warnings: composed.warnings.clone(),
-        source_unchanged: source == Source::Unchanged,
-        pull_failures: ctx.pull_feedback.status_of(&cps.name_any()),
+        reports: &reports,
+        composed: &composed,
+        copies: &copies,
+        source,
     };
-    let new_status = status::build(cps.status.as_ref(), &observation, Timestamp::now());
-    write_status(&ctx.client, &ctx.metrics, &cps, new_status).await?;
+    write_observation(ctx, &cps, observed).await?;
     report::reconciled(ctx, &cps.name_any(), started);
     requeue(&cps, copies, &composed, &state)
 }
@@ -113,6 +105,48 @@ async fn write_source(
         )),
         other => Ok(other),
     })
+}
+
+/// What this pass saw, for status.
+struct Observed<'a> {
+    credentials: Verdict,
+    reports: &'a [EntryReport],
+    composed: &'a Composed,
+    copies: &'a Copies,
+    source: Source,
+}
+
+/// Writes status from what this pass saw: conditions, entries and counts.
+async fn write_observation(
+    ctx: &Context,
+    cps: &ClusterPullSecret,
+    observed: Observed<'_>,
+) -> Result<(), Error> {
+    let Observed {
+        credentials,
+        reports,
+        composed,
+        copies,
+        source,
+    } = observed;
+    let conflicts: Vec<String> = copies.distribution.conflicts.iter().cloned().collect();
+    let observation = Observation {
+        generation: cps.metadata.generation,
+        credentials,
+        distributed: copies.distribution.verdict.clone(),
+        verified: (cps.spec.verify != VerifyPolicy::Off).then(|| verdicts::verification(reports)),
+        hosts: &composed.hosts,
+        entries: reports,
+        selected: copies.distribution.selected,
+        synced: copies.distribution.synced,
+        conflicts: &conflicts,
+        warnings: composed.warnings.clone(),
+        source_unchanged: source == Source::Unchanged,
+        pull_failures: ctx.pull_feedback.status_of(&cps.name_any()),
+    };
+    let new_status = status::build(cps.status.as_ref(), &observation, Timestamp::now());
+    write_status(&ctx.client, &ctx.metrics, cps, new_status).await?;
+    Ok(())
 }
 
 /// What copying to the namespaces came to.
