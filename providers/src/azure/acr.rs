@@ -124,27 +124,13 @@ impl AcrProvider {
         }
     }
 
-    /// The exchange's client: these roots plus the entry's `caSecretRef`.
-    async fn exchange_client(
-        &self,
-        cluster: &dyn Cluster,
-    ) -> Result<reqwest::Client, ProviderError> {
-        crate::api_client::build(
-            NAME,
-            &self.trust,
-            self.spec.ca_secret_ref.as_ref(),
-            self.timeout,
-            cluster,
-        )
-        .await
-    }
-
     async fn mint_now(
         &self,
         cluster: &dyn Cluster,
     ) -> Result<Vec<RegistryCredential>, ProviderError> {
         let token = self.entra_token(cluster).await?;
-        let http = self.exchange_client(cluster).await?;
+        let ca = self.spec.ca_secret_ref.as_ref();
+        let http = crate::api_client::build(NAME, &self.trust, ca, self.timeout, cluster).await?;
         let mut creds = Vec::with_capacity(self.registries.len());
         for registry in &self.registries {
             let refresh = exchange(&http, registry, &token, self.timeout.as_secs()).await?;
