@@ -6,8 +6,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY providers/Cargo.toml providers/Cargo.toml
 COPY tests/standin/Cargo.toml tests/standin/Cargo.toml
-RUN mkdir -p src providers/src tests/standin/src \
- && echo 'fn main() {}' > src/main.rs && touch src/lib.rs providers/src/lib.rs tests/standin/src/lib.rs \
+COPY tests/support/Cargo.toml tests/support/Cargo.toml
+RUN mkdir -p src providers/src tests/standin/src tests/support/src \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs providers/src/lib.rs tests/standin/src/lib.rs tests/support/src/lib.rs \
  && cargo build --release --locked || true
 COPY . .
 RUN touch src/main.rs src/lib.rs providers/src/lib.rs && cargo build --release --locked

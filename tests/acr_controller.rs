@@ -12,7 +12,7 @@
 
 #[path = "../providers/tests/common/azure.rs"]
 mod azure;
-mod support;
+use regbridge_test_support as support;
 
 use std::time::Duration;
 

@@ -16,7 +16,7 @@
 
 #[path = "../providers/tests/common/azure.rs"]
 mod azure;
-mod support;
+use regbridge_test_support as support;
 
 use std::path::PathBuf;
 use std::process::Output;

@@ -1,7 +1,7 @@
 //! The `regbridge` binary's start-up: a port already in use is an error
 //! that names its flag, not a replica that runs without it.
 
-mod support;
+use regbridge_test_support as support;
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! The controller against the in-process API stand-in: every distribution
 //! rule, observed through the API as a user would see it.
 
-mod support;
+use regbridge_test_support as support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! select only those, so it touches nothing else in the cluster. The
 //! controller and the admission webhook run in this process against the
 //! cluster; the API server reaches the webhook by `url` (see
-//! `webhook_endpoint` in `tests/support/e2e.rs`). The same scenarios run against the API stand-in in
+//! `webhook_endpoint` in `tests/support/src/e2e.rs`). The same scenarios run against the API stand-in in
 //! `tests/e2e_standin.rs`.
 //!
 //! Optional settings:
@@ -15,7 +15,7 @@
 //! - `REGBRIDGE_E2E_FIRST_PODS`: how many pods to create right after their
 //!   ServiceAccounts (1,000 by default).
 
-mod support;
+use regbridge_test_support as support;
 
 #[tokio::test]
 async fn e2e_scenarios_on_a_real_cluster() {

@@ -3,7 +3,7 @@
 //! The stand-in calls the admission webhook as kube-apiserver does, over
 //! HTTPS to the configuration's `url`.
 
-mod support;
+use regbridge_test_support as support;
 
 use regbridge_standin::StandIn;
 

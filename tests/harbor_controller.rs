@@ -5,7 +5,7 @@
 
 #[path = "../providers/tests/common/harbor.rs"]
 mod harbor;
-mod support;
+use regbridge_test_support as support;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //!   wrote;
 //! - a leader cut off from its Lease stops writing before the Lease lapses.
 
-mod support;
+use regbridge_test_support as support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! level through distribution, a rotation, a broken source and a deletion,
 //! with every line captured, and the passwords never appear.
 
-mod support;
+use regbridge_test_support as support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

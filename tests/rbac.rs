@@ -10,7 +10,7 @@
 //! rendering with `perTenantIdentity`, which must grant them for the listed
 //! ServiceAccounts only.
 
-mod support;
+use regbridge_test_support as support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

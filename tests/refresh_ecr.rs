@@ -4,7 +4,7 @@
 //! moto reports an expiry in 2015; the controller must clamp it, never
 //! distribute an expired credential, and never spin.
 
-mod support;
+use regbridge_test_support as support;
 
 use std::time::Duration;
 

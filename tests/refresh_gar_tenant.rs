@@ -10,7 +10,7 @@
 
 #[path = "../providers/tests/common/google_sts.rs"]
 mod google_sts;
-mod support;
+use regbridge_test_support as support;
 
 use std::time::Duration;
 

@@ -13,7 +13,7 @@
 //! against the stand-in are not figures against kube-apiserver: the stand-in
 //! answers in-process, without etcd, auth or admission.
 
-mod support;
+use regbridge_test_support as support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! default `Enforce`, a rejected one never reaches a namespace and the last
 //! good one keeps serving.
 
-mod support;
+use regbridge_test_support as support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! round trips against the running server, and its limits under slow
 //! clients.
 
-mod support;
+use regbridge_test_support as support;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

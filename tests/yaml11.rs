@@ -3,7 +3,7 @@
 //! CRD's enum once read as `false` to kubectl, so `verify: "Off"` was
 //! refused by the API server after a plain `kubectl apply`.
 
-mod support;
+use regbridge_test_support as support;
 
 use std::path::{Path, PathBuf};
 

@@ -2,8 +2,6 @@
 //! for the objects tests create. Shared by the controller, scale and e2e
 //! tests.
 
-#![allow(dead_code)] // each test binary uses a different part
-
 pub mod e2e;
 
 use std::sync::Arc;
@@ -276,12 +274,8 @@ pub fn peer(var: &str) -> Option<String> {
 /// The MutatingWebhookConfiguration the chart renders into the plain
 /// manifests, read at run time from this checkout.
 pub fn chart_webhook_configuration() -> Value {
-    let root =
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
-    let manifests = std::fs::read_to_string(
-        std::path::Path::new(&root).join("deploy/manifests/regbridge.yaml"),
-    )
-    .expect("the rendered manifests");
+    let manifests = std::fs::read_to_string(repo().join("deploy/manifests/regbridge.yaml"))
+        .expect("the rendered manifests");
     serde_yaml::Deserializer::from_str(&manifests)
         .filter_map(|doc| serde::Deserialize::deserialize(doc).ok())
         .find(|doc: &Value| doc["kind"] == "MutatingWebhookConfiguration")
@@ -305,12 +299,19 @@ pub fn write_kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathB
     path
 }
 
-/// This checkout, read at run time: a test binary built in another checkout
-/// sharing the target dir must still look in this one.
+/// This checkout, read at run time (cargo runs the root package's tests with
+/// its `CARGO_MANIFEST_DIR`): a test binary built in another checkout sharing
+/// the target dir must still look in this one. Otherwise two folders up from
+/// this crate, `tests/support`.
 pub fn repo() -> std::path::PathBuf {
-    std::path::PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
+    match std::env::var_os("CARGO_MANIFEST_DIR") {
+        Some(dir) => dir.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .nth(2)
+            .expect("tests/support has two parents")
+            .to_path_buf(),
+    }
 }
 
 /// Each file's documents as kubectl and Helm read them (YAML 1.1, through

@@ -237,7 +237,7 @@ pub async fn run_all(client: Client, tag: &str, endpoint: WebhookEndpoint) {
     let ctl = format!("{tag}-ctl");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     // As `kubectl apply -f deploy/crds/` sends it.
-    create(&crds, super::installed_crd()).await;
+    create(&crds, crate::installed_crd()).await;
     eventually("the CRD established", || async {
         crds.get_opt("clusterpullsecrets.regbridge.dev")
             .await
@@ -384,7 +384,7 @@ async fn distribution(client: &Client, tag: &str, ctl: &str) -> Vec<String> {
 /// timeout, matchConditions, the namespaceSelector's exclusions) is the
 /// chart's own, so the API server checks what users install.
 fn webhook_configuration(name: &str, tag: &str, url: &str) -> Value {
-    let mut config = super::chart_webhook_configuration();
+    let mut config = crate::chart_webhook_configuration();
     config["metadata"] = json!({ "name": name });
     for hook in config["webhooks"].as_array_mut().unwrap() {
         hook["clientConfig"] = json!({"url": url});
