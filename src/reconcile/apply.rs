@@ -69,14 +69,7 @@ pub(super) async fn apply(cps: Arc<ClusterPullSecret>, ctx: &Context) -> Result<
         Err(rejection) => return reject(ctx, &cps, rejection).await,
     };
     let copies = copy(ctx, &cps, &valid.selection, &composed, &mut state).await;
-    let observed = Observed {
-        credentials,
-        reports: &reports,
-        composed: &composed,
-        copies: &copies,
-        source,
-    };
-    write_observation(ctx, &cps, observed).await?;
+    write_observation(ctx, &cps, credentials, &reports, &composed, &copies, source).await?;
     report::reconciled(ctx, &cps.name_any(), started);
     requeue(&cps, copies, &composed, &state)
 }
@@ -107,28 +100,16 @@ async fn write_source(
     })
 }
 
-/// What this pass saw, for status.
-struct Observed<'a> {
-    credentials: Verdict,
-    reports: &'a [EntryReport],
-    composed: &'a Composed,
-    copies: &'a Copies,
-    source: Source,
-}
-
 /// Writes status from what this pass saw: conditions, entries and counts.
 async fn write_observation(
     ctx: &Context,
     cps: &ClusterPullSecret,
-    observed: Observed<'_>,
+    credentials: Verdict,
+    reports: &[EntryReport],
+    composed: &Composed,
+    copies: &Copies,
+    source: Source,
 ) -> Result<(), Error> {
-    let Observed {
-        credentials,
-        reports,
-        composed,
-        copies,
-        source,
-    } = observed;
     let conflicts: Vec<String> = copies.distribution.conflicts.iter().cloned().collect();
     let observation = Observation {
         generation: cps.metadata.generation,
